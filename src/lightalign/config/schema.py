@@ -1,0 +1,91 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each primary config (``conf/sft.yaml`` ...) starts its defaults list with ``<stage>_schema``, so every
+group option merges into a typed node: ``lora.r=abc`` or ``lora.rnak=8`` fails at compose time with
+the key named. Defaults live here, once; YAML files hold only what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from lightalign.models.adapters import LoraSettings
+from lightalign.models.loading import Quantization
+from lightalign.training import TrainerSettings
+
+
+@dataclass
+class ModelSettings:
+    """``model.*``: which base model. ``name_or_path`` is a Hub id, a local folder or ``lightalign:<name>``."""
+
+    name_or_path: str = MISSING
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = "sdpa"
+
+
+@dataclass
+class DataSettings:
+    """``data.*``: sources are files, ``demo:<split>`` or Hugging Face dataset ids (see lightalign.data)."""
+
+    train: str = MISSING
+    eval: str | None = None  # held-out rows for loss/accuracy
+    prompts: str | None = None  # fixed prompts answered into samples.jsonl
+    format: str = "auto"
+    split: str = "train"
+    max_length: int = 512
+    overlong: str = "error"  # error | truncate | skip (counted in metrics.json)
+    limit: int | None = None  # use at most this many training rows
+    eval_limit: int | None = 64
+
+
+@dataclass
+class EvalSettings:
+    """``eval.*``: the shared eval hooks, run at the end of a stage and every ``every_n_steps``."""
+
+    every_n_steps: int = 0  # 0 = only at the end
+    num_prompts: int = 32
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    evaluate_base: bool = True  # also score the model before training (base_* metrics)
+    # (prompts, answers) -> scores; any callable named by _target_, e.g. lightalign.demo.GoldJudge
+    judge: Any = None
+
+
+@dataclass
+class StageConfig:
+    """What every stage has. Stage schemas add their own nodes."""
+
+    stage: str = MISSING
+    model: ModelSettings = field(default_factory=ModelSettings)
+    quant: Quantization = field(default_factory=Quantization)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+@dataclass
+class SFTOptions:
+    """``sft.*``: ``completion_only=false`` trains on prompt tokens too."""
+
+    completion_only: bool = True
+
+
+@dataclass
+class SFTStageConfig(StageConfig):
+    sft: SFTOptions = field(default_factory=SFTOptions)
+
+
+SCHEMAS: dict[str, type] = {"sft_schema": SFTStageConfig}
+
+
+def register_configs() -> None:
+    """Register every stage schema; called by recipes before Hydra composes."""
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=name, node=node)

@@ -1,0 +1,126 @@
+"""Tokenise normalised examples into ``input_ids`` and ``labels`` (``-100`` = no loss).
+
+Conversations are rendered with the tokenizer's chat template and tokenised without extra special
+tokens (the template already holds the BOS it wants: adding one again gives the "double BOS" bug).
+Only assistant turns carry labels, and each answer's end-of-turn token is *in* the labels: labels are
+built here from the template, never later from ``input_ids != pad_token_id``, so a tokenizer whose pad
+token is its EOS (SmolLM2, Llama-3 ...) still learns to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+from lightalign.data.types import Conversation, Message, PlainText
+from lightalign.errors import DataError
+
+IGNORE_INDEX = -100
+OVERLONG_POLICIES = ("error", "truncate", "skip")
+
+
+@dataclass
+class TokenizeReport:
+    """What happened to the rows: nothing is dropped without being counted here."""
+
+    kept: int = 0
+    truncated: int = 0
+    skipped: int = 0
+    skipped_origins: list[str] = field(default_factory=list)
+
+    def as_metrics(self, prefix: str) -> dict[str, int]:
+        return {f"{prefix}_rows": self.kept, f"{prefix}_truncated": self.truncated, f"{prefix}_skipped": self.skipped}
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Message], *, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: list[Message]) -> list[int]:
+    """Token ids of a prompt followed by the assistant generation header."""
+    text = render_chat(tokenizer, prompt, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) -> dict[str, list[int]]:
+    """Ids and completion-only labels for a dialogue (every assistant turn is learned).
+
+    Example (ChatML, one turn): ``<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>\\n``
+    has labels ``-100`` up to and including ``assistant\\n`` and the ids of ``Hello<|im_end|>\\n`` after.
+    """
+    messages = conversation.messages
+    ids = tokenizer(render_chat(tokenizer, messages, add_generation_prompt=False), add_special_tokens=False)[
+        "input_ids"
+    ]
+    labels = [IGNORE_INDEX] * len(ids)
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = encode_prompt(tokenizer, messages[:index])
+        through = tokenizer(
+            render_chat(tokenizer, messages[: index + 1], add_generation_prompt=False), add_special_tokens=False
+        )["input_ids"]
+        # Templates may re-render earlier turns slightly differently (e.g. strip reasoning): align on the
+        # common prefix with the full rendering rather than assuming exact prefixes.
+        start = _common_prefix(before, through)
+        end = _common_prefix(through, ids)
+        labels[start:end] = ids[start:end]
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, example: PlainText) -> dict[str, list[int]]:
+    """Ids and labels for plain text: loss on every token, EOS appended so documents end."""
+    ids = tokenizer(example.text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+def tokenize_lm_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Iterable[Conversation | PlainText],
+    *,
+    max_length: int,
+    overlong: str = "error",
+) -> tuple[list[dict[str, list[int]]], TokenizeReport]:
+    """Tokenise examples, applying the over-long policy (``error``, ``truncate`` or ``skip``).
+
+    A truncated sample that loses all its answer tokens is skipped (and counted): it would teach nothing.
+    """
+    if overlong not in OVERLONG_POLICIES:
+        raise DataError("config", f"data.overlong={overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
+    report = TokenizeReport()
+    rows: list[dict[str, list[int]]] = []
+    for example in examples:
+        if isinstance(example, PlainText):
+            row = tokenize_text(tokenizer, example)
+        else:
+            row = tokenize_conversation(tokenizer, example)
+        if len(row["input_ids"]) > max_length:
+            if overlong == "error":
+                raise DataError(
+                    example.origin,
+                    f"{len(row['input_ids'])} tokens > data.max_length={max_length}; "
+                    "set data.overlong=truncate or data.overlong=skip",
+                )
+            if overlong == "skip":
+                report.skipped += 1
+                report.skipped_origins.append(example.origin)
+                continue
+            row = {key: value[:max_length] for key, value in row.items()}
+            if all(label == IGNORE_INDEX for label in row["labels"]):
+                report.skipped += 1
+                report.skipped_origins.append(example.origin)
+                continue
+            report.truncated += 1
+        report.kept += 1
+        rows.append(row)
+    return rows, report

@@ -1,0 +1,70 @@
+"""User-facing errors: one line that names the file, line and field (or the key and its valid options).
+
+Library code raises a subclass of :class:`LightalignError`; recipes and the CLI turn it into a single line
+on stderr and a non-zero exit instead of a stack trace (:func:`report_errors`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+EXIT_USER_ERROR = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LightalignError(Exception):
+    """An error caused by the user's input (data, config, paths), reported as one line."""
+
+
+class DataError(LightalignError):
+    """A row of input data that cannot be used. The message starts with ``file:line``."""
+
+    def __init__(self, origin: str, message: str, field: str | None = None) -> None:
+        where = f"{origin}: field '{field}': " if field else f"{origin}: "
+        super().__init__(where + message)
+        self.origin = origin
+        self.field = field
+
+
+class ConfigError(LightalignError):
+    """A configuration value that composes but cannot be used (e.g. a path that does not exist)."""
+
+
+class ModelNotFoundError(LightalignError):
+    """A model folder or id that cannot be found, or the embedded model's package is missing."""
+
+
+class NonFiniteLossError(LightalignError):
+    """The training loss became NaN or infinite; the last complete checkpoint stays valid."""
+
+
+def _is_user_error(err: Exception) -> bool:
+    from omegaconf.errors import OmegaConfBaseException
+
+    # OmegaConf raises when a mandatory value (``???``) was not given or a value has the wrong type.
+    return isinstance(err, LightalignError | OmegaConfBaseException)
+
+
+def report_errors(func: F) -> F:
+    """Turn :class:`LightalignError` into one line on stderr and exit code 2.
+
+    Set ``LIGHTALIGN_DEBUG=1`` to get the full stack trace instead.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:
+            if os.environ.get("LIGHTALIGN_DEBUG") or not _is_user_error(err):
+                raise
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"lightalign: error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper  # type: ignore[return-value]

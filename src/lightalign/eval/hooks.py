@@ -1,0 +1,153 @@
+"""One evaluation interface for every stage, TRL-based or ours.
+
+An eval hook is a callable ``hook(ctx: EvalContext) -> dict[str, float]``. A stage builds its list of
+hooks once, then calls :func:`run_eval_hooks` at the end (and every N steps through
+:class:`EvalHookCallback` for TRL trainers, or directly from its own loop, as PPO does).
+Hooks may write files into ``ctx.output_dir`` (``samples.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+from lightalign.data.collators import pad_lm
+from lightalign.data.formats import prompt_text
+from lightalign.data.types import PromptOnly
+from lightalign.eval.generation import generate_answers
+
+ScoreFn = Callable[[list[str], list[str]], list[float]]  # (prompts, answers) -> scores
+
+
+@dataclass
+class EvalContext:
+    """What a hook may look at. ``prefix`` names the model being evaluated (``""``, ``"base_"``)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    output_dir: Path
+    step: int = 0
+    prefix: str = ""
+    extras: dict = field(default_factory=dict)
+
+
+class EvalHook(Protocol):
+    name: str
+
+    def __call__(self, ctx: EvalContext) -> dict[str, float]: ...
+
+
+def run_eval_hooks(hooks: Sequence[EvalHook], ctx: EvalContext) -> dict[str, float]:
+    """Run every hook and merge their metrics, each key prefixed with ``ctx.prefix``."""
+    metrics: dict[str, float] = {}
+    for hook in hooks:
+        for key, value in hook(ctx).items():
+            metrics[ctx.prefix + key] = float(value)
+    return metrics
+
+
+@dataclass
+class HeldOutLoss:
+    """Mean token loss and perplexity on held-out tokenised rows (``eval_loss``, ``perplexity``)."""
+
+    rows: list[dict]
+    pad_token_id: int
+    batch_size: int = 8
+    name: str = "held_out_loss"
+
+    @torch.no_grad()
+    def __call__(self, ctx: EvalContext) -> dict[str, float]:
+        model = ctx.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total_loss, total_tokens = 0.0, 0
+        try:
+            for start in range(0, len(self.rows), self.batch_size):
+                batch = pad_lm(self.rows[start : start + self.batch_size], self.pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                labels = batch["labels"][:, 1:]
+                losses = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
+                )
+                total_loss += losses.item()
+                total_tokens += int((labels != -100).sum())
+        finally:
+            model.train(was_training)
+        loss = total_loss / max(total_tokens, 1)
+        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+@dataclass
+class SampleAnswers:
+    """Answer fixed prompts greedily, score them, and write ``{prefix}samples.jsonl``.
+
+    Metrics: ``answer_tokens`` (mean), ``eos_fraction`` (answers that ended with EOS) and one
+    ``{name}_score`` per scorer (e.g. ``gold_score`` from the demo task's judge).
+    """
+
+    prompts: list[PromptOnly]
+    scorers: dict[str, ScoreFn] = field(default_factory=dict)
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    write_file: bool = True
+    name: str = "samples"
+
+    def __call__(self, ctx: EvalContext) -> dict[str, float]:
+        answers = generate_answers(
+            ctx.model,
+            ctx.tokenizer,
+            [p.prompt for p in self.prompts],
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            desc=f"eval {ctx.prefix or 'model '}answers",
+        )
+        texts = [prompt_text(p.prompt) for p in self.prompts]
+        replies = [a.text for a in answers]
+        scores = {name: scorer(texts, replies) for name, scorer in self.scorers.items()}
+        if self.write_file:
+            path = ctx.output_dir / f"{ctx.prefix}samples.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8") as out:
+                for i, (prompt, answer) in enumerate(zip(texts, answers, strict=True)):
+                    row = {"prompt": prompt, "response": answer.text, "ended_with_eos": answer.ended_with_eos}
+                    row.update({f"{name}_score": values[i] for name, values in scores.items()})
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        metrics = {
+            "answer_tokens": sum(a.num_tokens for a in answers) / len(answers),
+            "eos_fraction": sum(a.ended_with_eos for a in answers) / len(answers),
+        }
+        for name, values in scores.items():
+            metrics[f"{name}_score"] = sum(values) / len(values)
+        return metrics
+
+
+class EvalHookCallback(TrainerCallback):
+    """Runs eval hooks every ``every_n_steps`` optimizer steps inside a transformers/TRL trainer."""
+
+    def __init__(self, hooks: Sequence[EvalHook], tokenizer: PreTrainedTokenizerBase, output_dir: Path,
+                 every_n_steps: int, log: Callable[[dict[str, float]], None] | None = None) -> None:
+        self.hooks = list(hooks)
+        self.tokenizer = tokenizer
+        self.output_dir = output_dir
+        self.every_n_steps = every_n_steps
+        self.log = log
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 (transformers API)
+        if self.every_n_steps <= 0 or state.global_step % self.every_n_steps != 0 or model is None:
+            return control
+        ctx = EvalContext(model, self.tokenizer, self.output_dir / "evals" / f"step-{state.global_step}",
+                          step=state.global_step)
+        metrics = {f"eval/{k}": v for k, v in run_eval_hooks(self.hooks, ctx).items()}
+        state.log_history.append({**metrics, "step": state.global_step})
+        if self.log:
+            self.log(metrics)
+        return control

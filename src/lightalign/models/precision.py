@@ -1,0 +1,48 @@
+"""Choose training precision and 4-bit compute dtype for the hardware at hand.
+
+bf16 where the GPU supports it, fp16 on older GPUs (T4, V100, 10xx/20xx cards), fp32 on CPU: a
+TRL config left at its default (bf16=True) fails on GPUs without bf16 and is slow on CPU autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Mixed-precision flags for a trainer and the dtype 4-bit layers compute in."""
+
+    bf16: bool
+    fp16: bool
+    compute_dtype: torch.dtype
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+
+
+def resolve_precision(requested: str = "auto") -> Precision:
+    """Resolve ``auto|bf16|fp16|fp32`` against the available device.
+
+    On CPU the trainer runs in fp32 while 4-bit layers still compute in bf16 (bitsandbytes supports it
+    on CPU and it halves the dequantised weight traffic).
+    """
+    if requested not in PRECISIONS:
+        from lightalign.errors import ConfigError
+
+        raise ConfigError(f"trainer.precision={requested!r} is not one of {', '.join(PRECISIONS)}")
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if not cuda:
+            return Precision(bf16=False, fp16=False, compute_dtype=torch.bfloat16)
+        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "bf16":
+        return Precision(bf16=cuda, fp16=False, compute_dtype=torch.bfloat16)
+    if requested == "fp16":
+        return Precision(bf16=False, fp16=cuda, compute_dtype=torch.float16)
+    return Precision(bf16=False, fp16=False, compute_dtype=torch.float32)

@@ -1,0 +1,118 @@
+"""What every TRL-based stage shares: trainer settings → TRL config, callbacks, resume discovery."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from transformers import TrainerCallback, TrainingArguments
+
+from lightalign.errors import NonFiniteLossError
+from lightalign.models.precision import Precision
+
+ArgsT = TypeVar("ArgsT", bound=TrainingArguments)
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainerSettings:
+    """Optimisation settings shared by every stage (``trainer.*`` on the command line)."""
+
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    seed: int = 0
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    gradient_checkpointing: bool = False
+    packing: bool = False  # padding-free batches (one packed row per batch)
+    report_to: str = "none"  # none | tensorboard | wandb | mlflow
+    resume: bool = True  # continue from the last complete checkpoint in DIR/checkpoints
+
+
+def build_trl_args(
+    args_cls: type[ArgsT], settings: TrainerSettings, output_dir: Path, precision: Precision, **stage_args: Any
+) -> ArgsT:
+    """A TRL/transformers config from our settings. Precision is always explicit (TRL defaults to bf16)."""
+    return args_cls(
+        output_dir=str(output_dir / CHECKPOINTS),
+        max_steps=settings.max_steps,
+        num_train_epochs=settings.num_train_epochs,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        lr_scheduler_type=settings.lr_scheduler_type,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        report_to=[] if settings.report_to == "none" else [settings.report_to],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **stage_args,
+    )
+
+
+def find_resume_checkpoint(output_dir: Path) -> str | None:
+    """The newest *complete* checkpoint under ``DIR/checkpoints`` (a torn one lacks trainer_state.json)."""
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    complete = [
+        path
+        for path in root.glob("checkpoint-*")
+        if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1])))
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stop at the first NaN/inf loss, naming the step; checkpoints written before it stay valid."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers API)
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {state.global_step}; the last checkpoint in "
+                f"{args.output_dir} is intact. Lower trainer.learning_rate or check the data."
+            )
+        return control
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append every logged metric dict to ``DIR/logs/metrics.jsonl`` (the report's source of curves)."""
+
+    def __init__(self, path: Path, stage: str) -> None:
+        self.path = path
+        self.stage = stage
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers API)
+        if logs and state.is_world_process_zero:
+            row = {"stage": self.stage, "step": state.global_step, **logs}
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(row) + "\n")
+        return control
