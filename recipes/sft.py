@@ -26,7 +26,7 @@ from lightalign.data.collators import LMCollator
 from lightalign.data.tokenize import tokenize_lm_examples
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, HeldOutLoss, SampleAnswers, run_eval_hooks
-from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision
+from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision, upcast_trainable
 from lightalign.rundir import ADAPTER, LOG, read_json, write_json_atomic, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
 from lightalign.training import (
@@ -69,7 +69,9 @@ def main(cfg: DictConfig) -> None:
             max_length=run.data.max_length,
             overlong="truncate",
         )
-    prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts) if run.data.prompts else []
+    prompts = []
+    if run.data.prompts and run.eval.num_prompts > 0:
+        prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
 
     model = load_base_model(
         run.model.name_or_path,
@@ -87,8 +89,14 @@ def main(cfg: DictConfig) -> None:
     if eval_rows:
         hooks.append(HeldOutLoss(eval_rows, tokenizer.pad_token_id, batch_size=run.eval.batch_size))
     if prompts:
-        hooks.append(SampleAnswers(prompts, {"gold": judge} if judge else {},
-                                   max_new_tokens=run.eval.max_new_tokens, batch_size=run.eval.batch_size))
+        hooks.append(
+            SampleAnswers(
+                prompts,
+                {"gold": judge} if judge else {},
+                max_new_tokens=run.eval.max_new_tokens,
+                batch_size=run.eval.batch_size,
+            )
+        )
 
     # ---- the base model's scores, for comparison (kept across resumes) -------------------------------
     base_file = out / "evals" / "base.json"
@@ -100,7 +108,10 @@ def main(cfg: DictConfig) -> None:
 
     # ---- train -----------------------------------------------------------------------------------------
     args = build_trl_args(
-        SFTConfig, run.trainer, out, precision,
+        SFTConfig,
+        run.trainer,
+        out,
+        precision,
         dataset_kwargs={"skip_prepare_dataset": True},  # tokenised above by the shared data layer
         max_length=None,
         packing=False,  # our collator packs (padding-free) when trainer.packing=true
@@ -118,6 +129,8 @@ def main(cfg: DictConfig) -> None:
             EvalHookCallback(hooks, tokenizer, out, run.eval.every_n_steps),
         ],
     )
+    # TRL casts QLoRA adapters to bf16; fp32 adapters cost little, learn small steps and resume bit-exactly.
+    upcast_trainable(trainer.model)
     resume_from = find_resume_checkpoint(out) if run.trainer.resume else None
     if resume_from:
         print(f"resuming from {resume_from}")
@@ -127,14 +140,16 @@ def main(cfg: DictConfig) -> None:
     final = EvalContext(model, tokenizer, out, step=trainer.state.global_step)
     metrics = {**base_metrics, **run_eval_hooks(hooks, final)}
     tokens = trainer.state.num_input_tokens_seen
-    metrics.update({
-        "train_loss": result.training_loss,
-        "train_steps": trainer.state.global_step,
-        "train_runtime_s": result.metrics["train_runtime"],
-        "train_tokens": tokens,
-        "train_tokens_per_second": tokens / max(result.metrics["train_runtime"], 1e-9),
-        **train_report.as_metrics("train"),
-    })
+    metrics.update(
+        {
+            "train_loss": result.training_loss,
+            "train_steps": trainer.state.global_step,
+            "train_runtime_s": result.metrics["train_runtime"],
+            "train_tokens": tokens,
+            "train_tokens_per_second": tokens / max(result.metrics["train_runtime"], 1e-9),
+            **train_report.as_metrics("train"),
+        }
+    )
     if eval_report:
         metrics.update(eval_report.as_metrics("eval"))
 

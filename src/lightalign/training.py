@@ -46,7 +46,7 @@ def build_trl_args(
     args_cls: type[ArgsT], settings: TrainerSettings, output_dir: Path, precision: Precision, **stage_args: Any
 ) -> ArgsT:
     """A TRL/transformers config from our settings. Precision is always explicit (TRL defaults to bf16)."""
-    return args_cls(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir / CHECKPOINTS),
         max_steps=settings.max_steps,
         num_train_epochs=settings.num_train_epochs,
@@ -70,8 +70,8 @@ def build_trl_args(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        **stage_args,
     )
+    return args_cls(**{**kwargs, **stage_args})  # a stage may override any of the shared choices
 
 
 def find_resume_checkpoint(output_dir: Path) -> str | None:

@@ -1,6 +1,6 @@
 """Base models, quantisation, LoRA adapters and precision: shared by every stage."""
 
-from lightalign.models.adapters import LoraSettings, apply_lora, load_adapter_model
+from lightalign.models.adapters import LoraSettings, apply_lora, load_adapter_model, upcast_trainable
 from lightalign.models.loading import Quantization, load_base_model, load_tokenizer, resolve_model_path
 from lightalign.models.precision import Precision, resolve_precision
 
@@ -14,4 +14,5 @@ __all__ = [
     "load_tokenizer",
     "resolve_model_path",
     "resolve_precision",
+    "upcast_trainable",
 ]

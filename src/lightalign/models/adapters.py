@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
@@ -54,7 +55,21 @@ def apply_lora(
         task_type=TaskType[task_type],
         modules_to_save=modules_to_save,
     )
-    return get_peft_model(model, config, adapter_name=adapter_name)
+    peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    upcast_trainable(peft_model)
+    return peft_model
+
+
+def upcast_trainable(model: PreTrainedModel) -> None:
+    """Keep trainable (adapter) weights in fp32.
+
+    On a 4-bit base PEFT creates LoRA weights in the compute dtype (bf16); AdamW updates on bf16 weights
+    round small steps away, and a resumed run (PEFT loads adapters in fp32) would diverge from an
+    uninterrupted one.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def load_adapter_model(
@@ -66,4 +81,6 @@ def load_adapter_model(
         raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
     if trainable and is_quantized(model):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
+    upcast_trainable(peft_model)
+    return peft_model

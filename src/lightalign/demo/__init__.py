@@ -1,0 +1,18 @@
+"""The offline demo task and its gold judge (see :mod:`lightalign.demo.task`, :mod:`lightalign.demo.judge`).
+
+Short factual questions ("What is the capital of Japan?" -> "Tokyo.") whose answer the judge computes
+from the prompt alone, so the whole SFT -> reward -> PPO / DPO pipeline runs without a network or
+human labels.
+"""
+
+from lightalign.demo.judge import GoldJudge, gold_judge
+from lightalign.demo.task import ensure_demo_data, generate_demo, parse_question, reference_answer
+
+__all__ = [
+    "GoldJudge",
+    "ensure_demo_data",
+    "generate_demo",
+    "gold_judge",
+    "parse_question",
+    "reference_answer",
+]

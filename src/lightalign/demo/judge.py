@@ -1,0 +1,108 @@
+"""The gold judge: a programmatic stand-in for InstructGPT's human labelers on the demo task.
+
+It prefers answers that are correct, concise and well-formed, in that order of weight::
+
+    score = repetition * (0.60 * correct + 0.25 * concise + 0.15 * well_formed)    in [0, 1]
+
+- ``correct`` (1 or 0): of the family's possible answers (all capitals, all numbers except the
+  operands, the two options of a comparison, every word of the target language, every day but the
+  one asked about, ...), the first one the answer names is the right one. Matching is on lower-cased
+  words without accents, so ``"the capital of japan is tokyo"`` is correct, ``"Seoul or Tokyo."`` is
+  not (a hedge), chatter after a right answer does not make it wrong (conciseness pays for it), and
+  numbers must be written as digits.
+- ``concise`` = ``max(0, 1 - extra_words / 10)``, where extra words are those beyond the length of the
+  reference answer ("The capital of Japan is Tokyo." has 5 extra words: 0.5).
+- ``well_formed``: the mean of three checks: starts with a capital letter or a digit, ends with a single
+  period, fits on one line.
+- ``repetition`` = 0.5 if a sentence or a three-word sequence occurs twice ("Tokyo. Tokyo."), else 1:
+  degenerate loops are the classic failure of reward optimisation.
+
+An answer without any word or number scores 0. A prompt that is not a demo prompt raises ValueError
+(a silent 0 would hide a mix-up of data sets). Answers are decoded text without special tokens.
+
+Examples:
+    >>> gold_judge("What is the capital of Japan?", "Tokyo.")
+    1.0
+    >>> gold_judge("What is the capital of Japan?", "The capital of Japan is Tokyo.")
+    0.875
+    >>> gold_judge("What is the capital of Japan?", "Kyoto.")
+    0.4
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from lightalign.demo.task import Question, parse_question
+
+W_CORRECT, W_CONCISE, W_FORM = 0.60, 0.25, 0.15
+EXTRA_WORDS_TO_ZERO = 10
+REPETITION_FACTOR = 0.5
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased words and numbers without accents: ``"Bogotá, 12."`` -> ``["bogota", "12"]``."""
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return re.findall(r"[a-z]+|\d+", text.lower())
+
+
+def _first_named(q: Question, words: list[str]) -> tuple[str, ...] | None:
+    """The first of the question's possible answers that ``words`` names, as words, or None."""
+    if not q.candidates:  # arithmetic: any number that is not an operand
+        return next(((w,) for w in words if w.isdigit() and w not in q.excluded), None)
+    by_first: dict[str, list[tuple[str, ...]]] = {}
+    for cand in sorted((tuple(_words(c)) for c in q.candidates), key=len, reverse=True):
+        by_first.setdefault(cand[0], []).append(cand)
+    for i, word in enumerate(words):
+        for cand in by_first.get(word, ()):  # longest first: "new delhi" before a bare "new"
+            if tuple(words[i : i + len(cand)]) == cand:
+                return cand
+    return None
+
+
+def _is_repetitive(text: str, words: list[str]) -> bool:
+    """Whether a sentence or a three-word sequence occurs twice: "Tokyo. Tokyo.", "is the capital ... is the
+    capital"."""
+    sentences = [tuple(_words(s)) for s in re.split(r"[.!?\n]+", text)]
+    sentences = [s for s in sentences if s]
+    trigrams = list(zip(words, words[1:], words[2:], strict=False))
+    return len(set(sentences)) < len(sentences) or len(set(trigrams)) < len(trigrams)
+
+
+def gold_judge(prompt: str, answer: str) -> float:
+    """Score ``answer`` to the demo ``prompt`` in [0, 1] by the rules of this module's docstring.
+
+    Raises:
+        ValueError: If ``prompt`` is not a demo prompt. Never raises on ``answer``.
+    """
+    q = parse_question(prompt)
+    text = answer.strip() if isinstance(answer, str) else ""
+    words = _words(text)
+    if not words:
+        return 0.0
+    reference = _words(q.answer)
+    correct = float(_first_named(q, words) == tuple(reference))
+    concise = max(0.0, 1.0 - max(0, len(words) - len(reference)) / EXTRA_WORDS_TO_ZERO)
+    checks = (text[0].isupper() or text[0].isdigit(), bool(re.search(r"[^.]\.$", text)), "\n" not in text)
+    form = sum(checks) / len(checks)
+    score = W_CORRECT * correct + W_CONCISE * concise + W_FORM * form
+    if _is_repetitive(text, words):
+        score *= REPETITION_FACTOR
+    return round(min(1.0, score), 6)
+
+
+class GoldJudge:
+    """The gold judge as a batch reward function, the signature PPO calls (``_target_:
+    lightalign.demo.GoldJudge``).
+
+    Example:
+        >>> GoldJudge()(["What is 7 + 5?", "What is 7 + 5?"], ["12.", "13."])
+        [1.0, 0.4]
+    """
+
+    def __call__(self, prompts: list[str], answers: list[str]) -> list[float]:
+        """Score each answer to its prompt; see :func:`gold_judge`."""
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        return [gold_judge(p, a) for p, a in zip(prompts, answers, strict=True)]

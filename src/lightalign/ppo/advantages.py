@@ -1,0 +1,169 @@
+"""Rewards, advantages and returns for PPO on right-padded response tensors.
+
+Every tensor here is ``[B, T]`` over the *response* tokens only (the prompt is not part of it), with a
+``mask`` that is 1 for real response tokens, up to and including the first EOS, and 0 for the padding
+after it. Padding positions never change a result: they are zeroed on the way in and on the way out.
+
+Conventions follow the RLHF-with-PPO literature (Ziegler et al. 2019; Huang et al., "The N
+implementation details of RLHF with PPO"): the reward model's scalar score is paid at the last real
+token, every token pays a KL penalty ``kl_coef * (logp - ref_logp)``, and GAE runs over the response
+as one episode that ends at the last real token.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (over all dims, or along ``dim``).
+
+    Example:
+        >>> masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1, 1, 0]]))
+        tensor(2.)
+    """
+    mask = mask.to(x.dtype)
+    # where() rather than x * mask, so a NaN or inf at a padding position cannot leak into the sum.
+    total = torch.where(mask.bool(), x, torch.zeros_like(x))
+    if dim is None:
+        return total.sum() / mask.sum().clamp(min=1)
+    return total.sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of ``x`` over the masked positions (Bessel-corrected by default, as in the old TRL)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        # clamp: with a single real position the variance is 0 either way; avoids a divide by zero
+        # without a host sync on the count.
+        count = mask.to(x.dtype).sum()
+        var = var * count / (count - 1).clamp(min=1)
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) using statistics of the masked positions only.
+
+    Args:
+        x: values to whiten, e.g. advantages ``[B, T]``.
+        mask: 1 for real positions, 0 for padding; padding is returned as 0.
+        shift_mean: if False, keep the original mean (only rescale); used to whiten rewards without
+            turning a consistently good batch into a half-bad one.
+
+    Returns:
+        The whitened tensor, same shape as ``x``.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index of the last real token of each row of a right-padded ``mask`` ``[B, T]`` -> ``[B]``.
+
+    A row with no real token gets index 0 (it cannot happen for a generated response, which always has
+    at least one token, but it keeps the gather below in range).
+    """
+    return (mask.long().sum(dim=1) - 1).clamp(min=0)
+
+
+def penalise_missing_eos(scores: Tensor, ended_with_eos: Tensor, penalty: float) -> Tensor:
+    """Subtract ``penalty`` from the score of every response that was cut off before producing EOS.
+
+    A truncated answer is judged by the reward model as if it were complete; without this the policy can
+    learn to ramble until ``max_new_tokens`` (TRL PPOv2's ``missing_eos_penalty``).
+
+    Example:
+        >>> penalise_missing_eos(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), 2.0)
+        tensor([ 1., -1.])
+    """
+    return torch.where(ended_with_eos.bool(), scores, scores - penalty)
+
+
+def per_token_rewards(
+    scores: Tensor,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    mask: Tensor,
+    kl_coef: float,
+    *,
+    kl_estimator: Literal["k1", "k3"] = "k1",
+    score_clip: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Turn one scalar score per response into a per-token reward with a KL penalty.
+
+    ``reward[t] = -kl_coef * kl[t]``, plus the (optionally clipped) score at the last real token.
+
+    Args:
+        scores: reward-model scores ``[B]`` (already penalised for a missing EOS if wanted).
+        logprobs: log-probabilities of the response tokens under the policy that sampled them ``[B, T]``.
+        ref_logprobs: the same under the frozen reference model ``[B, T]``.
+        mask: 1 for real response tokens, 0 for padding ``[B, T]``.
+        kl_coef: β, e.g. ``kl_controller.value``.
+        kl_estimator: ``"k1"`` = ``logp - ref_logp`` (unbiased, can be negative per token; the classic
+            choice), ``"k3"`` = ``(r - 1) - log r`` with ``r = exp(ref_logp - logp)`` (always >= 0,
+            lower variance; Schulman's "Approximating KL divergence").
+        score_clip: if set, clip scores to ``[-score_clip, score_clip]`` before paying them.
+
+    Returns:
+        ``(rewards, kl, non_score_reward)``, each ``[B, T]`` and 0 at padding. ``kl.sum(1).mean()`` is the
+        per-sequence KL to log and to feed :class:`~lightalign.ppo.kl_control.AdaptiveKLController`.
+    """
+    valid = mask.bool()
+    log_ratio = logprobs - ref_logprobs
+    if kl_estimator == "k1":
+        kl = log_ratio
+    elif kl_estimator == "k3":
+        kl = torch.expm1(-log_ratio) + log_ratio
+    else:
+        raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
+    kl = torch.where(valid, kl, torch.zeros_like(kl))
+    non_score_reward = -kl_coef * kl
+    if score_clip is not None:
+        scores = scores.clamp(-score_clip, score_clip)
+    rewards = non_score_reward.clone()
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)
+    return rewards, kl, non_score_reward
+
+
+def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over right-padded responses.
+
+    ``delta[t] = r[t] + gamma * V[t+1] - V[t]`` and ``A[t] = delta[t] + gamma * lam * A[t+1]``, where
+    ``V`` and ``A`` past the last real token are 0 (the episode ends there: no bootstrap value).
+
+    Args:
+        rewards: per-token rewards ``[B, T]`` (from :func:`per_token_rewards`).
+        values: value estimates of the state before each response token ``[B, T]``.
+        mask: 1 for real tokens, 0 for the padding after EOS ``[B, T]``; must be a contiguous prefix.
+        gamma: discount (1.0 is usual in RLHF).
+        lam: GAE λ (0.95 is usual).
+
+    Returns:
+        ``(advantages, returns)``, both ``[B, T]``, 0 at padding; ``returns = advantages + values`` are the
+        value-function targets. Whiten the advantages afterwards with :func:`masked_whiten`.
+    """
+    valid = mask.bool()
+    # Zero the padding so that a stale value or reward there can never be bootstrapped from.
+    rewards = torch.where(valid, rewards, torch.zeros_like(rewards))
+    values = torch.where(valid, values, torch.zeros_like(values))
+    steps = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in reversed(range(steps)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    advantages = torch.where(valid, advantages, torch.zeros_like(advantages))
+    returns = advantages + values
+    return advantages, returns
