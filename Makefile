@@ -24,11 +24,11 @@ demo: $(STAMP)
 	$(BIN)/lightalign run sft
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests recipes bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests recipes bench
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) outputs multirun
