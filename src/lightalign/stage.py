@@ -21,12 +21,18 @@ def run_directory() -> Path:
     return path
 
 
-def save_config(cfg: DictConfig, output_dir: Path) -> str:
-    """Write the resolved config to ``DIR/config.yaml`` and return its hash (for stage-level resume)."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    (output_dir / CONFIG).write_text(text, encoding="utf-8")
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of what a config produces (the pipeline compares it to skip finished stages)."""
     stable = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if "hydra" in stable:
+        del stable["hydra"]
     for key in _VOLATILE_KEYS:
         if OmegaConf.select(stable, key) is not None:
             OmegaConf.update(stable, key, None)
-    return hashlib.sha256(OmegaConf.to_yaml(stable).encode()).hexdigest()[:16]
+    return hashlib.sha256(OmegaConf.to_yaml(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_config(cfg: DictConfig, output_dir: Path) -> str:
+    """Write the resolved config to ``DIR/config.yaml`` and return its :func:`config_hash`."""
+    (output_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    return config_hash(cfg)

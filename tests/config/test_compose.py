@@ -20,7 +20,9 @@ from lightalign.paths import conf_dir
 CONF = conf_dir()
 PRIMARIES = sorted(p.stem for p in CONF.glob("*.yaml"))
 OPTIONS = sorted(
-    (str(path.parent.relative_to(CONF)), path.stem) for path in CONF.rglob("*.yaml") if path.parent != CONF
+    (str(path.parent.relative_to(CONF)), path.stem)
+    for path in CONF.rglob("*.yaml")
+    if path.parent != CONF and path.parent.name != "pipeline"  # pipelines: see test_pipeline.py
 )
 
 register_configs()

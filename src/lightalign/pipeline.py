@@ -1,0 +1,185 @@
+"""Chained pipelines: run stages in order, hand each one its inputs by stage name, skip finished ones.
+
+A pipeline (``conf/pipeline/<name>.yaml``) is a list of stages. ``lightalign run full [overrides]``:
+
+- composes every stage's own config first (a typo fails before anything trains), routing overrides:
+  ``trainer.max_steps=2`` reaches every stage that has the key, ``ppo.trainer.max_steps=50`` only the
+  ``ppo`` stage, ``dpo.beta=0.2`` the stage(s) with a ``dpo`` node;
+- runs each stage in its own process (``python recipes/<stage>.py``) into ``DIR/<stage>/``: memory
+  is returned to the system between stages, and a crash in one stage cannot corrupt another;
+- hands off by stage name (:data:`HANDOFF`): e.g. DPO gets ``dpo.sft_adapter=DIR/sft``;
+- resumes at stage level: a stage whose identity (its config hash + its upstream stages' identities)
+  matches a finished run is skipped; an interrupted stage resumes from its own checkpoints; a stage
+  whose config, or any upstream stage, changed is re-run from scratch;
+- ends by writing ``DIR/report.md`` / ``report.json`` (:mod:`lightalign.report`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lightalign.errors import ConfigError, LightalignError
+from lightalign.paths import conf_dir, recipes_dir
+from lightalign.rundir import read_json, read_manifest, write_json_atomic
+
+# stage -> (recipe file, primary config)
+STAGE_RECIPES: dict[str, tuple[str, str]] = {
+    "sft": ("sft.py", "sft"),
+    "pretrain": ("sft.py", "pretrain"),
+    "reward": ("reward.py", "reward"),
+    "dpo": ("dpo.py", "dpo"),
+    "ppo": ("ppo.py", "ppo"),
+}
+
+# stage -> {config key: upstream stage whose run directory it receives}. Used when both are in the pipeline.
+HANDOFF: dict[str, dict[str, str]] = {
+    "dpo": {"dpo.sft_adapter": "sft", "dpo.reward_model": "reward"},
+    "ppo": {"ppo.sft_adapter": "sft", "ppo.reward_model": "reward"},
+}
+
+STATE_FILE = "pipeline.json"
+
+
+class StageFailed(LightalignError):
+    """A stage's process exited non-zero."""
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    overrides: list[str]
+    identity: str
+    upstream: list[str]
+
+
+def pipeline_names() -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / "pipeline").glob("*.yaml"))
+
+
+def load_stages(pipeline: str) -> list[str]:
+    """The stage list of ``conf/pipeline/<pipeline>.yaml``."""
+    path = conf_dir() / "pipeline" / f"{pipeline}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown pipeline {pipeline!r}; valid: {', '.join(pipeline_names())}")
+    stages = list(OmegaConf.load(path).stages)
+    unknown = [s for s in stages if s not in STAGE_RECIPES]
+    if unknown:
+        raise ConfigError(f"{path}: unknown stage(s) {unknown}; valid: {', '.join(STAGE_RECIPES)}")
+    return stages
+
+
+def _compose(stage: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lightalign.config import register_configs
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose(config_name=STAGE_RECIPES[stage][1], overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"stage {stage}: {str(err).splitlines()[0]} ({str(cause).splitlines()[0]})") from None
+
+
+def route_overrides(overrides: list[str], stages: list[str], top_keys: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Send each override to the stage(s) it names.
+
+    ``<stage>.<key>...`` with ``<key>`` a top-level key of that stage goes to that stage alone (prefix
+    removed); any other override goes to every stage whose config has its first key.
+    """
+    routed: dict[str, list[str]] = {stage: [] for stage in stages}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        sign = key[: len(key) - len(key.lstrip("+~"))]
+        parts = key.lstrip("+~").split(".")
+        if parts[0] in routed and len(parts) > 1 and parts[1] in top_keys[parts[0]]:
+            routed[parts[0]].append(f"{sign}{'.'.join(parts[1:])}={value}")
+            continue
+        targets = [stage for stage in stages if parts[0] in top_keys[stage]]
+        if not targets:
+            raise ConfigError(f"override {override!r} matches no stage of this pipeline ({', '.join(stages)})")
+        for stage in targets:
+            routed[stage].append(override)
+    return routed
+
+
+def plan(stages: list[str], overrides: list[str], run_dir: Path) -> list[PlannedStage]:
+    """Compose every stage's config (failing early on typos) and compute its identity."""
+    from lightalign.stage import config_hash
+
+    top_keys = {stage: set(_compose(stage, [])) for stage in stages}
+    routed = route_overrides(overrides, stages, top_keys)
+    planned: list[PlannedStage] = []
+    identities: dict[str, str] = {}
+    for stage in stages:
+        given = {o.split("=", 1)[0].lstrip("+~") for o in routed[stage]}
+        handoff = {
+            key: up
+            for key, up in HANDOFF.get(stage, {}).items()
+            if up in stages[: stages.index(stage)] and key not in given  # an explicit path wins
+        }
+        stage_overrides = routed[stage] + [f"{key}={run_dir / up}" for key, up in handoff.items()]
+        digest = config_hash(_compose(stage, stage_overrides))
+        upstream = sorted(set(handoff.values()))
+        identity = hashlib.sha256(
+            (digest + "".join(identities[up] for up in upstream)).encode()
+        ).hexdigest()[:16]
+        identities[stage] = identity
+        planned.append(PlannedStage(stage, stage_overrides, identity, upstream))
+    return planned
+
+
+def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = None) -> Path:
+    """Run (or resume) a pipeline into ``run_dir``; returns the directory holding the report."""
+    stages = load_stages(pipeline)
+    passthrough = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+    stage_list = [o for o in passthrough if o.startswith("stages=")]
+    if stage_list:  # `stages=[sft,dpo]` edits the list
+        stages = [s.strip() for s in stage_list[-1].split("=", 1)[1].strip("[]").split(",") if s.strip()]
+        passthrough = [o for o in passthrough if not o.startswith("stages=")]
+    if run_dir is None:
+        run_dir = Path("outputs") / pipeline / time.strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = run_dir.resolve()
+    planned = plan(stages, passthrough, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / STATE_FILE
+    state = read_json(state_path) or {"pipeline": pipeline, "stages": {}}
+    for step in planned:
+        stage_dir = run_dir / step.name
+        record = state["stages"].get(step.name)
+        same = record is not None and record["identity"] == step.identity
+        if same and record["status"] == "done" and read_manifest(stage_dir):
+            print(f"lightalign: {step.name}: finished with the same config, skipped")
+            continue
+        if stage_dir.exists() and not same:
+            # its config or an upstream stage changed: its checkpoints describe another run
+            shutil.rmtree(stage_dir)
+        state["stages"][step.name] = {"identity": step.identity, "status": "running", "upstream": step.upstream}
+        write_json_atomic(state_path, state)
+        recipe, config_name = STAGE_RECIPES[step.name]
+        command = [sys.executable, str(recipes_dir() / recipe), "--config-name", config_name,
+                   *step.overrides, f"hydra.run.dir={stage_dir}"]
+        print(f"lightalign: {pipeline}: running {step.name} -> {stage_dir}", flush=True)
+        started = time.time()
+        code = subprocess.call(command)
+        if code != 0:
+            raise StageFailed(f"stage {step.name} failed (exit {code}); fix it and re-run the same command to resume")
+        state["stages"][step.name].update(status="done", seconds=round(time.time() - started, 1))
+        write_json_atomic(state_path, state)
+    from lightalign.report import build_report
+
+    report = build_report(run_dir)
+    print(report.table_markdown)
+    print(f"lightalign: {pipeline} finished; report: {report.path}")
+    return run_dir

@@ -1,0 +1,90 @@
+"""Pipelines: override routing, hand-off by stage name, stage-level resume, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightalign.cli import main as cli
+from lightalign.errors import ConfigError
+from lightalign.pipeline import load_stages, pipeline_names, route_overrides
+from lightalign.report import COLUMNS, build_report
+
+KEYS = {
+    "sft": {"model", "trainer", "data", "sft", "eval"},
+    "reward": {"model", "trainer", "data", "reward", "eval"},
+    "ppo": {"model", "trainer", "data", "ppo", "eval"},
+}
+
+
+def test_overrides_reach_one_stage_or_all():
+    routed = route_overrides(
+        ["model=tiny-random", "trainer.max_steps=2", "ppo.trainer.max_steps=50", "ppo.kl_coef=0.1", "sft.data.limit=8"],
+        ["sft", "reward", "ppo"],
+        KEYS,
+    )
+    assert routed["sft"] == ["model=tiny-random", "trainer.max_steps=2", "data.limit=8"]
+    assert routed["reward"] == ["model=tiny-random", "trainer.max_steps=2"]
+    assert routed["ppo"] == ["model=tiny-random", "trainer.max_steps=2", "trainer.max_steps=50", "ppo.kl_coef=0.1"]
+
+
+def test_unknown_keys_and_pipelines_fail_early():
+    with pytest.raises(ConfigError, match="matches no stage"):
+        route_overrides(["trainr.max_steps=2"], ["sft"], KEYS)
+    with pytest.raises(ConfigError, match="valid: dpo, full, rlhf"):
+        load_stages("nope")
+    assert {"rlhf", "dpo", "full"} <= set(pipeline_names())
+    assert load_stages("full") == ["sft", "reward", "ppo", "dpo"]
+
+
+def _state(run_dir):
+    return json.loads((run_dir / "pipeline.json").read_text())["stages"]
+
+
+@pytest.mark.slow
+def test_full_pipeline_hands_off_resumes_and_reports(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    quick = ["model=tiny-random", "trainer.max_steps=2", "eval.num_prompts=2", "eval.max_new_tokens=8",
+             f"hydra.run.dir={run_dir}"]
+    # as if killed after its second stage: only sft and reward finished
+    assert cli(["run", "full", "stages=[sft,reward]", *quick]) == 0
+    first = _state(run_dir)
+    assert set(first) == {"sft", "reward"}
+
+    assert cli(["run", "full", *quick]) == 0
+    second = _state(run_dir)
+    assert second["sft"] == first["sft"] and second["reward"] == first["reward"]  # not re-run
+    assert {s["status"] for s in second.values()} == {"done"} and set(second) == {"sft", "reward", "ppo", "dpo"}
+    # hand-off by stage name
+    assert str(run_dir / "sft") in (run_dir / "dpo" / "config.yaml").read_text()
+    assert str(run_dir / "reward") in (run_dir / "ppo" / "config.yaml").read_text()
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["rows"]) == {"base", "sft", "ppo", "dpo"}
+    assert all(set(row) == {key for key, _ in COLUMNS} for row in report["rows"].values())
+    text = (run_dir / "report.md").read_text()
+    assert all(title in text for _, title in COLUMNS) and "![curves_sft](curves_sft.png)" in text
+
+    capsys.readouterr()
+    assert cli(["run", "full", *quick]) == 0  # unchanged: trains nothing
+    assert _state(run_dir) == second
+    assert capsys.readouterr().out.count("skipped") == 4
+
+    assert cli(["run", "full", *quick, "dpo.dpo.beta=0.2"]) == 0  # only DPO's config changed
+    third = _state(run_dir)
+    assert third["dpo"]["identity"] != second["dpo"]["identity"]
+    assert {k: third[k] for k in ("sft", "reward", "ppo")} == {k: second[k] for k in ("sft", "reward", "ppo")}
+
+
+def test_report_rebuilds_from_a_run_directory(tmp_path):
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "metrics.json").write_text(json.dumps({"gold_score": 0.7, "base_gold_score": 0.3}))
+    (tmp_path / "dpo").mkdir()
+    (tmp_path / "dpo" / "metrics.json").write_text(json.dumps({"gold_score": 0.8, "sft_rm_score": 1.5}))
+    (tmp_path / "sft" / "samples.jsonl").write_text(json.dumps({"prompt": "Q?", "response": "A."}) + "\n")
+    report = build_report(tmp_path)
+    assert report.rows["base"]["gold_score"] == 0.3 and report.rows["dpo"]["gold_score"] == 0.8
+    assert report.rows["sft"]["rm_score"] == 1.5  # filled in from the DPO stage's view of SFT
+    assert "| base | 0.300 |" in report.path.read_text()
+    assert cli(["report", str(tmp_path)]) == 0
