@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from lightalign.errors import NonFiniteLossError
 from lightalign.models.precision import Precision
+from lightalign.rundir import append_log
 
 ArgsT = TypeVar("ArgsT", bound=TrainingArguments)
 
@@ -90,7 +91,22 @@ def find_resume_checkpoint(output_dir: Path) -> str | None:
 
 
 class NonFiniteLossCallback(TrainerCallback):
-    """Stop at the first NaN/inf loss, naming the step; checkpoints written before it stay valid."""
+    """Stop at the first NaN/inf loss, naming the step; checkpoints written before it stay valid.
+
+    Gradients are checked before every optimizer step (a NaN loss gives NaN gradients), so a bad step
+    never reaches the weights or a checkpoint, whatever ``logging_steps`` is.
+    """
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 (transformers API)
+        if model is None:
+            return control
+        for param in model.parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                raise NonFiniteLossError(
+                    f"non-finite loss/gradients at step {state.global_step + 1}; the weights were not updated and the "
+                    f"last checkpoint in {args.output_dir} is intact. Lower trainer.learning_rate or check the data."
+                )
+        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers API)
         loss = (logs or {}).get("loss")
@@ -112,7 +128,5 @@ class JsonlLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers API)
         if logs and state.is_world_process_zero:
-            row = {"stage": self.stage, "step": state.global_step, **logs}
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(row) + "\n")
+            append_log(self.path, self.stage, state.global_step, logs)
         return control

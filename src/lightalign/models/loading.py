@@ -143,6 +143,8 @@ def load_base_model(
     kwargs: dict = {
         "revision": revision,
         "trust_remote_code": trust_remote_code,
+        # weights only from safetensors: a pickled .bin can run code when loaded
+        "use_safetensors": True,
         # fp32 master weights on CPU; compute dtype on GPU where memory is the constraint.
         "dtype": compute_dtype if on_gpu else torch.float32,
     }
