@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,43 @@ def read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def append_log(path: Path, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
+    """Append ``{"stage", "step", **metrics}`` as one line to a JSONL log (``DIR/logs/metrics.jsonl``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps({"stage": stage, "step": step, **metrics}) + "\n")
+
+
+def read_log(path: Path) -> list[dict]:
+    """The rows of a JSONL log, skipping a last line torn by a kill mid-write."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def trim_log(path: Path, stage: str, last_step: int) -> None:
+    """Drop ``stage``'s rows after ``last_step``: a run resumed from that step logs those steps again."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if not _logged_after(line, stage, last_step)]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _logged_after(line: str, stage: str, last_step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return True  # a line torn by a kill mid-write
+    return row.get("stage") == stage and int(row.get("step", 0)) > last_step
