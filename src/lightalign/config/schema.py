@@ -81,7 +81,45 @@ class SFTStageConfig(StageConfig):
     sft: SFTOptions = field(default_factory=SFTOptions)
 
 
-SCHEMAS: dict[str, type] = {"sft_schema": SFTStageConfig}
+@dataclass
+class PreferenceDataSettings(DataSettings):
+    """``data.*`` of the preference stages: formats ``auto|pairs|hh|ranking`` (see lightalign.data.preference)."""
+
+    eval_fraction: float = 0.1  # when data.eval is null: hold out this share of the training prompts
+    invalid: str = "error"  # error | skip: unusable preference rows (skips are counted in metrics.json)
+
+
+@dataclass
+class RewardOptions:
+    """``reward.*``: ``center_rewards_coefficient`` pulls scores towards 0 (useful as a PPO reward)."""
+
+    center_rewards_coefficient: float | None = None
+
+
+@dataclass
+class RewardStageConfig(StageConfig):
+    data: PreferenceDataSettings = field(default_factory=PreferenceDataSettings)
+    reward: RewardOptions = field(default_factory=RewardOptions)
+
+
+@dataclass
+class DPOOptions:
+    """``dpo.*``: the loss, and where the policy starts (``sft_adapter``: an SFT run dir or its adapter/)."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid | hinge | ipo | ... (lightalign.trainers.DPO_LOSS_TYPES)
+    sft_adapter: str | None = None  # the policy starts here and the reference is this SFT model; else the base
+    reward_model: str | None = None  # a reward stage's run dir: its mean score and win rate vs the reference
+
+
+@dataclass
+class DPOStageConfig(StageConfig):
+    data: PreferenceDataSettings = field(default_factory=PreferenceDataSettings)
+    dpo: DPOOptions = field(default_factory=DPOOptions)
+
+
+SCHEMAS: dict[str, type] = {"sft_schema": SFTStageConfig, "reward_schema": RewardStageConfig,
+                            "dpo_schema": DPOStageConfig}
 
 
 def register_configs() -> None:

@@ -113,6 +113,62 @@ def pad_preference(rows: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
     return batch
 
 
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad whole sequences for scoring (a reward model reads its score at the last real token).
+
+    Example::
+
+        pad_sequences([[5, 6], [7]], pad_token_id=0)
+        -> input_ids [[5, 6], [7, 0]], attention_mask [[1, 1], [1, 0]]
+    """
+    return {"input_ids": _pad(sequences, pad_token_id), "attention_mask": _pad([[1] * len(s) for s in sequences], 0)}
+
+
+def pad_ranked_groups(rows: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Flatten groups of ranked answers (InstructGPT: one prompt's K answers = one batch element) into one batch.
+
+    Each row holds its answers' ``input_ids`` and its pairs as indices into them; the pair indices become
+    indices into the flat batch, and ``pair_weight`` is the row's pair weight divided by the number of rows,
+    so that ``-(pair_weight * logsigmoid(r[chosen] - r[rejected])).sum()`` is the mean over groups of the
+    mean over each group's pairs.
+
+    Example (a ranking of 3 answers and a lone pair)::
+
+        pad_ranked_groups([
+            {"input_ids": [[5, 6], [5], [5, 7, 8]], "chosen_index": [0, 0, 1], "rejected_index": [1, 2, 2],
+             "pair_weight": [1/3, 1/3, 1/3]},
+            {"input_ids": [[9], [9, 9]], "chosen_index": [0], "rejected_index": [1], "pair_weight": [1.0]},
+        ], pad_token_id=0)
+        -> input_ids [[5, 6, 0], [5, 0, 0], [5, 7, 8], [9, 0, 0], [9, 9, 0]]   (+ attention_mask)
+           chosen_index [0, 0, 1, 3], rejected_index [1, 2, 2, 4], pair_weight [1/6, 1/6, 1/6, 1/2]
+    """
+    sequences: list[Sequence[int]] = []
+    chosen: list[int] = []
+    rejected: list[int] = []
+    weights: list[float] = []
+    for row in rows:
+        offset = len(sequences)
+        sequences += row["input_ids"]
+        chosen += [offset + i for i in row["chosen_index"]]
+        rejected += [offset + i for i in row["rejected_index"]]
+        weights += [float(w) / len(rows) for w in row["pair_weight"]]
+    batch = pad_sequences(sequences, pad_token_id)
+    batch["chosen_index"] = torch.tensor(chosen, dtype=torch.long)
+    batch["rejected_index"] = torch.tensor(rejected, dtype=torch.long)
+    batch["pair_weight"] = torch.tensor(weights, dtype=torch.float32)
+    return batch
+
+
+@dataclass
+class RankedGroupCollator:
+    """The reward stage's collator: :func:`pad_ranked_groups` as a callable for the trainer."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        return pad_ranked_groups(rows, self.pad_token_id)
+
+
 @dataclass
 class LMCollator:
     """The SFT/pretrain collator handed to the trainer: padded batches, or one packed row."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from lightalign.data.types import Conversation, Message, PlainText
+from lightalign.data.types import Conversation, Message, PlainText, PreferencePair
 from lightalign.errors import DataError
 
 IGNORE_INDEX = -100
@@ -124,3 +124,122 @@ def tokenize_lm_examples(
         report.kept += 1
         rows.append(row)
     return rows, report
+
+
+# ---- preference pairs (reward, DPO) ----------------------------------------------------------------------
+
+
+def encode_exchange(tokenizer: PreTrainedTokenizerBase, prompt: list[Message], answer: str) -> list[int]:
+    """Ids of a prompt and one assistant answer, rendered with the chat template: what a reward model scores.
+
+    Training (:func:`tokenize_reward_groups`) and scoring (:class:`lightalign.reward_model.RewardModel`) both
+    call this, so a reward model sees at inference exactly the text it was trained on.
+    """
+    messages = [*prompt, {"role": "assistant", "content": answer}]
+    return tokenizer(render_chat(tokenizer, messages, add_generation_prompt=False), add_special_tokens=False)[
+        "input_ids"
+    ]
+
+
+def keep_last(ids: list[int], max_length: int) -> list[int]:
+    """The last ``max_length`` ids: a reward model reads its score at the end of the sequence, so keep the end."""
+    return ids[-max_length:] if len(ids) > max_length else ids
+
+
+def _check_overlong(overlong: str) -> None:
+    if overlong not in OVERLONG_POLICIES:
+        raise DataError("config", f"data.overlong={overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
+
+
+def tokenize_reward_groups(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Iterable[PreferencePair],
+    *,
+    max_length: int,
+    overlong: str = "error",
+) -> tuple[list[dict], TokenizeReport]:
+    """One row per group (a ranking, or a lone pair): each distinct answer tokenised once, plus its pairs.
+
+    Example: a ranking ``B > A > C`` of one prompt becomes ::
+
+        {"input_ids": [ids(prompt+B), ids(prompt+A), ids(prompt+C)],
+         "chosen_index": [0, 0, 1], "rejected_index": [1, 2, 2], "pair_weight": [1/3, 1/3, 1/3]}
+
+    Over-long sequences: ``error``, ``skip`` the group, or ``truncate`` keeping the *last* ``max_length``
+    tokens (the score is read at the end). The report counts groups.
+    """
+    _check_overlong(overlong)
+    groups: dict[tuple, list[PreferencePair]] = {}
+    for index, pair in enumerate(pairs):
+        key = ("group", pair.group) if pair.group is not None else ("pair", index)
+        groups.setdefault(key, []).append(pair)
+    report = TokenizeReport()
+    rows: list[dict] = []
+    for members in groups.values():
+        texts: list[str] = []
+        row: dict = {"input_ids": [], "chosen_index": [], "rejected_index": [], "pair_weight": []}
+        for pair in members:
+            for answer, column in ((pair.chosen, "chosen_index"), (pair.rejected, "rejected_index")):
+                if answer not in texts:
+                    texts.append(answer)
+                    row["input_ids"].append(encode_exchange(tokenizer, pair.prompt, answer))
+                row[column].append(texts.index(answer))
+            row["pair_weight"].append(pair.weight)
+        longest = max(len(ids) for ids in row["input_ids"])
+        if longest > max_length:
+            origin = members[0].origin
+            if overlong == "error":
+                raise DataError(origin, f"{longest} tokens > data.max_length={max_length}; "
+                                        "set data.overlong=truncate or data.overlong=skip")
+            if overlong == "skip":
+                report.skipped += 1
+                report.skipped_origins.append(origin)
+                continue
+            row["input_ids"] = [keep_last(ids, max_length) for ids in row["input_ids"]]
+            report.truncated += 1
+        report.kept += 1
+        rows.append(row)
+    return rows, report
+
+
+def tokenize_preference_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Iterable[PreferencePair],
+    *,
+    max_length: int,
+    overlong: str = "error",
+) -> tuple[list[dict[str, list[int]]], TokenizeReport]:
+    """``prompt_ids`` (with the assistant header), ``chosen_ids`` and ``rejected_ids`` per pair, for DPO.
+
+    The answers' ids are what follows the prompt in the rendering of the whole exchange (their end-of-turn
+    token included, so DPO also learns where an answer stops). ``truncate`` cuts the answers' ends so that
+    prompt + answer fits; a pair whose prompt alone leaves no room is skipped and counted.
+    """
+    _check_overlong(overlong)
+    report = TokenizeReport()
+    rows: list[dict[str, list[int]]] = []
+    for pair in pairs:
+        prompt_ids = encode_prompt(tokenizer, pair.prompt)
+        chosen = encode_exchange(tokenizer, pair.prompt, pair.chosen)
+        rejected = encode_exchange(tokenizer, pair.prompt, pair.rejected)
+        # Tokens may merge across the prompt/answer boundary: split where the renderings diverge.
+        start = min(_common_prefix(prompt_ids, chosen), _common_prefix(prompt_ids, rejected))
+        row = {"prompt_ids": prompt_ids[:start], "chosen_ids": chosen[start:], "rejected_ids": rejected[start:]}
+        length = start + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+        if length > max_length:
+            if overlong == "error":
+                raise DataError(pair.origin, f"{length} tokens > data.max_length={max_length}; "
+                                             "set data.overlong=truncate or data.overlong=skip")
+            room = max_length - start
+            if overlong == "skip" or room < 1:
+                report.skipped += 1
+                report.skipped_origins.append(pair.origin)
+                continue
+            row["chosen_ids"], row["rejected_ids"] = row["chosen_ids"][:room], row["rejected_ids"][:room]
+            report.truncated += 1
+        report.kept += 1
+        rows.append(row)
+    return rows, report
+
+
+# ---- prompts (PPO rollouts) ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from lightalign.eval.hooks import (
     SampleAnswers,
     run_eval_hooks,
 )
+from lightalign.eval.preference import ImplicitRewardAccuracy, PairwiseAccuracy, ReferenceWinRate
 
 __all__ = [
     "Answer",
@@ -16,6 +17,9 @@ __all__ = [
     "EvalHook",
     "EvalHookCallback",
     "HeldOutLoss",
+    "ImplicitRewardAccuracy",
+    "PairwiseAccuracy",
+    "ReferenceWinRate",
     "SampleAnswers",
     "generate_answers",
     "run_eval_hooks",

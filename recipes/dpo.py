@@ -1,0 +1,157 @@
+"""Direct preference optimisation (DPO) with QLoRA, from the SFT model: the alternative to reward + PPO.
+
+    lightalign run dpo dpo.sft_adapter=SFT_RUN_DIR [overrides]     # or: python recipes/dpo.py [overrides]
+    lightalign run dpo model=tiny-random trainer.max_steps=2 hydra.run.dir=DIR dpo.sft_adapter=SFT_DIR
+    lightalign run dpo dpo.sft_adapter=SFT_DIR dpo.reward_model=REWARD_DIR dpo.loss_type=ipo dpo.beta=0.5
+
+Supports: the preference formats of lightalign.data.preference (rankings expand to all their pairs; every
+pair counts once: TRL's DPOTrainer has no per-pair weight); TRL's pairwise DPO losses (``dpo.loss_type``) and
+``dpo.beta``; one 4-bit copy of the base for policy and reference: with ``dpo.sft_adapter`` the policy trains
+the SFT adapter further and the reference is a frozen copy of it (the SFT model), without it a fresh adapter
+against the base (lightalign.models.reference); resume from the last checkpoint in DIR.
+
+Writes DIR/adapter/ (the policy adapter), DIR/metrics.json (implicit_reward_* on held-out pairs, gold_score; with
+``dpo.reward_model`` rm_score; win_rate_{gold,rm} against the reference's answers to the same prompts, whose own
+scores are sft_* (base_* without an SFT adapter)), DIR/samples.jsonl, DIR/sft_samples.jsonl, DIR/logs/.
+"""
+
+from __future__ import annotations
+
+import hydra
+from datasets import Dataset
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+from trl import DPOConfig
+
+from lightalign.config import register_configs
+from lightalign.data import load_preference_splits, load_prompt_examples
+from lightalign.data.tokenize import tokenize_preference_pairs
+from lightalign.errors import report_errors
+from lightalign.eval import (
+    EvalContext,
+    EvalHookCallback,
+    ImplicitRewardAccuracy,
+    ReferenceWinRate,
+    SampleAnswers,
+    run_eval_hooks,
+)
+from lightalign.models import load_base_model, load_tokenizer, resolve_precision
+from lightalign.models.reference import POLICY_ADAPTER, load_policy, resolve_adapter_dir, set_up_reference
+from lightalign.reward_model import RewardModel
+from lightalign.rundir import ADAPTER, LOG, write_manifest, write_metrics
+from lightalign.stage import run_directory, save_config
+from lightalign.trainers import TokenizedDPOTrainer, check_dpo_loss_type
+from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="dpo")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
+    out = run_directory()
+    config_hash = save_config(cfg, out)
+    set_seed(run.trainer.seed)
+    precision = resolve_precision(run.trainer.precision)
+    loss_type = check_dpo_loss_type(run.dpo.loss_type)
+    sft_adapter = resolve_adapter_dir(run.dpo.sft_adapter, expected_base=run.model.name_or_path) \
+        if run.dpo.sft_adapter else None
+
+    # ---- setup: tokenizer, data, model -------------------------------------------------------------
+    tokenizer = load_tokenizer(
+        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
+    )
+    data = load_preference_splits(
+        run.data.train, run.data.eval, fmt=run.data.format, split=run.data.split, limit=run.data.limit,
+        eval_limit=run.data.eval_limit, eval_fraction=run.data.eval_fraction, invalid=run.data.invalid,
+        seed=run.trainer.seed,
+    )
+    print(f"train data: {data.train_report.summary()}; {len(data.held_out)} held-out pairs")
+    train_rows, train_report = tokenize_preference_pairs(
+        tokenizer, data.train, max_length=run.data.max_length, overlong=run.data.overlong
+    )
+    print(f"train pairs: {train_report.kept} kept, {train_report.truncated} truncated, {train_report.skipped} skipped")
+    eval_rows, _ = tokenize_preference_pairs(tokenizer, data.held_out, max_length=run.data.max_length,
+                                             overlong="truncate")
+    prompts = []
+    if run.data.prompts and run.eval.num_prompts > 0:
+        prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
+
+    base = load_base_model(
+        run.model.name_or_path,
+        run.quant,
+        compute_dtype=precision.compute_dtype,
+        revision=run.model.revision,
+        trust_remote_code=run.model.trust_remote_code,
+        attn_implementation=run.model.attn_implementation,
+    )
+    model, reference = load_policy(base, run.lora, sft_adapter=sft_adapter,
+                                   gradient_checkpointing=run.trainer.gradient_checkpointing)
+    print(f"policy: {'the SFT adapter ' + str(sft_adapter) if sft_adapter else 'a fresh adapter'}; "
+          f"reference: {'the SFT model (frozen copy of its adapter)' if reference == 'sft' else 'the base model'}")
+
+    scorers = {}
+    if run.eval.judge:
+        scorers["gold"] = hydra.utils.instantiate(run.eval.judge)
+    if run.dpo.reward_model:
+        scorers["rm"] = RewardModel.load(run.dpo.reward_model, batch_size=run.eval.batch_size)
+    hooks = []
+    if eval_rows:
+        hooks.append(ImplicitRewardAccuracy(eval_rows, run.dpo.beta, tokenizer.pad_token_id,
+                                            batch_size=run.eval.batch_size))
+    if prompts:
+        hooks.append(SampleAnswers(prompts, scorers, max_new_tokens=run.eval.max_new_tokens,
+                                   batch_size=run.eval.batch_size))
+        if scorers and run.eval.evaluate_base:
+            hooks.append(ReferenceWinRate(prompts, scorers, reference_name=reference,
+                                          max_new_tokens=run.eval.max_new_tokens, batch_size=run.eval.batch_size))
+
+    # ---- train -----------------------------------------------------------------------------------------
+    args = build_trl_args(
+        DPOConfig, run.trainer, out, precision,
+        beta=run.dpo.beta,
+        loss_type=[loss_type],
+        max_length=None,  # over-long pairs were handled above (data.overlong)
+    )
+    trainer = TokenizedDPOTrainer(
+        model=model,
+        ref_model=None,  # the reference lives in the same model: one 4-bit copy of the base
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        processing_class=tokenizer,
+        callbacks=[
+            NonFiniteLossCallback(),
+            JsonlLogCallback(out / LOG, run.stage),
+            EvalHookCallback(hooks, tokenizer, out, run.eval.every_n_steps),
+        ],
+    )
+    set_up_reference(model, reference)  # after TRL, which copies any adapter it is given to "ref"
+    resume_from = find_resume_checkpoint(out) if run.trainer.resume else None
+    if resume_from:
+        print(f"resuming from {resume_from}")
+    result = trainer.train(resume_from_checkpoint=resume_from)
+
+    # ---- evaluate ----------------------------------------------------------------------------------------
+    final = EvalContext(model, tokenizer, out, step=trainer.state.global_step)
+    metrics = run_eval_hooks(hooks, final)
+    metrics.update({
+        "train_loss": result.training_loss,
+        "train_steps": trainer.state.global_step,
+        "train_runtime_s": result.metrics["train_runtime"],
+        **train_report.as_metrics("train"),
+        **data.as_metrics(),
+    })
+
+    # ---- save ----------------------------------------------------------------------------------------------
+    model.save_pretrained(out / ADAPTER, selected_adapters=[POLICY_ADAPTER])  # not the frozen reference copy
+    tokenizer.save_pretrained(out / ADAPTER)
+    write_metrics(out, metrics)
+    artefacts = {"adapter": ADAPTER, "base_model": run.model.name_or_path, "reference": reference}
+    write_manifest(out, run.stage, artefacts, config_hash)
+    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
+    print(f"lightalign: {run.stage} finished: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Reward modelling from rankings with QLoRA: the second stage of the InstructGPT recipe.
+
+    lightalign run reward [overrides]            # or: python recipes/reward.py [overrides]
+    lightalign run reward model=tiny-random trainer.max_steps=2 hydra.run.dir=DIR
+    lightalign run reward data=jsonl data.train=hh.jsonl data.format=hh data.invalid=skip
+
+Supports: K-wise rankings, chosen/rejected pairs (explicit or implicit prompt) and Anthropic HH transcripts
+(lightalign.data.preference); a scalar ``score`` head on the 4-bit (or full-precision) base with LoRA, the
+head trained and saved with the adapter (``modules_to_save``); InstructGPT's loss with one prompt and all
+its ranked answers per batch element; held-out prompts split off the training data (``data.eval_fraction``)
+unless ``data.eval`` names a source; resume from the last checkpoint in DIR. Built on TRL's ``RewardTrainer``.
+
+Writes DIR/adapter/ (LoRA + score head), DIR/metrics.json (pairwise_accuracy, mean_margin; base_* = the
+untrained head), DIR/logs/. Use it with ``lightalign.reward_model.RewardModel.load(DIR)``.
+"""
+
+from __future__ import annotations
+
+import hydra
+from datasets import Dataset
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+from trl import RewardConfig
+
+from lightalign.config import register_configs
+from lightalign.data import load_preference_splits
+from lightalign.data.collators import RankedGroupCollator
+from lightalign.data.tokenize import tokenize_reward_groups
+from lightalign.errors import report_errors
+from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
+from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision
+from lightalign.rundir import ADAPTER, LOG, read_json, write_json_atomic, write_manifest, write_metrics
+from lightalign.stage import run_directory, save_config
+from lightalign.trainers import RankedRewardTrainer
+from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="reward")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
+    out = run_directory()
+    config_hash = save_config(cfg, out)
+    set_seed(run.trainer.seed)
+    precision = resolve_precision(run.trainer.precision)
+
+    # ---- setup: tokenizer, data, model -------------------------------------------------------------
+    tokenizer = load_tokenizer(
+        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
+    )
+    data = load_preference_splits(
+        run.data.train, run.data.eval, fmt=run.data.format, split=run.data.split, limit=run.data.limit,
+        eval_limit=run.data.eval_limit, eval_fraction=run.data.eval_fraction, invalid=run.data.invalid,
+        seed=run.trainer.seed,
+    )
+    print(f"train data: {data.train_report.summary()}; {len(data.held_out)} held-out pairs")
+    train_rows, train_report = tokenize_reward_groups(
+        tokenizer, data.train, max_length=run.data.max_length, overlong=run.data.overlong
+    )
+    print(f"train groups: {train_report.kept} kept, {train_report.truncated} truncated, {train_report.skipped} skipped")
+
+    model = load_base_model(
+        run.model.name_or_path,
+        run.quant,
+        compute_dtype=precision.compute_dtype,
+        head="score",
+        revision=run.model.revision,
+        trust_remote_code=run.model.trust_remote_code,
+        attn_implementation=run.model.attn_implementation,
+    )
+    # The score head is new: train it and save it with the adapter, or the saved reward model is useless.
+    model = apply_lora(model, run.lora, task_type="SEQ_CLS", modules_to_save=["score"],
+                       gradient_checkpointing=run.trainer.gradient_checkpointing)
+    model.print_trainable_parameters()
+
+    hooks = []
+    if data.held_out:
+        hooks.append(PairwiseAccuracy(data.held_out, max_length=run.data.max_length, batch_size=run.eval.batch_size))
+
+    # ---- the untrained head's scores, for comparison (kept across resumes) --------------------------
+    base_file = out / "evals" / "base.json"
+    base_metrics = read_json(base_file) or {}
+    if run.eval.evaluate_base and not base_metrics and hooks:
+        base_metrics = run_eval_hooks(hooks, EvalContext(model, tokenizer, out, prefix="base_"))
+        write_json_atomic(base_file, base_metrics)
+
+    # ---- train -----------------------------------------------------------------------------------------
+    args = build_trl_args(
+        RewardConfig, run.trainer, out, precision,
+        max_length=None,  # over-long rows were handled above (data.overlong)
+        center_rewards_coefficient=run.reward.center_rewards_coefficient,
+    )
+    trainer = RankedRewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        data_collator=RankedGroupCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[
+            NonFiniteLossCallback(),
+            JsonlLogCallback(out / LOG, run.stage),
+            EvalHookCallback(hooks, tokenizer, out, run.eval.every_n_steps),
+        ],
+    )
+    resume_from = find_resume_checkpoint(out) if run.trainer.resume else None
+    if resume_from:
+        print(f"resuming from {resume_from}")
+    result = trainer.train(resume_from_checkpoint=resume_from)
+
+    # ---- evaluate ----------------------------------------------------------------------------------------
+    final = EvalContext(model, tokenizer, out, step=trainer.state.global_step)
+    metrics = {**base_metrics, **run_eval_hooks(hooks, final)}
+    metrics.update({
+        "train_loss": result.training_loss,
+        "train_steps": trainer.state.global_step,
+        "train_runtime_s": result.metrics["train_runtime"],
+        **train_report.as_metrics("train"),
+        **data.as_metrics(),
+    })
+
+    # ---- save ----------------------------------------------------------------------------------------------
+    model.save_pretrained(out / ADAPTER)  # LoRA weights + the score head (modules_to_save)
+    tokenizer.save_pretrained(out / ADAPTER)
+    write_metrics(out, metrics)
+    write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)
+    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
+    print(f"lightalign: {run.stage} finished: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""TRL's preference trainers, fed by the shared data layer instead of TRL's own tokenisation.
+
+- :class:`RankedRewardTrainer`: ``RewardTrainer`` with InstructGPT's loss over ranked groups
+  (:func:`ranking_loss`): a batch element is one prompt with all its answers.
+- :class:`TokenizedDPOTrainer`: ``DPOTrainer`` on rows already tokenised by
+  :func:`lightalign.data.tokenize.tokenize_preference_pairs`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from trl import DPOTrainer, RewardTrainer
+
+from lightalign.errors import ConfigError
+from lightalign.models.adapters import upcast_trainable
+
+# The pairwise losses of TRL 1.16's DPOTrainer that need nothing but beta (exo_pair needs label smoothing).
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                  "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+
+def check_dpo_loss_type(loss_type: str) -> str:
+    """``loss_type`` if TRL's DPOTrainer knows it, else a :class:`ConfigError` listing the valid ones."""
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ConfigError(f"dpo.loss_type={loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}")
+    return loss_type
+
+
+def ranking_loss(
+    rewards: torch.Tensor, chosen_index: torch.Tensor, rejected_index: torch.Tensor, pair_weight: torch.Tensor
+) -> torch.Tensor:
+    """InstructGPT's reward-model loss: ``-Σ_pairs w · log σ(r_chosen - r_rejected)``.
+
+    ``rewards`` holds one score per answer in the batch; the pairs index into it. With the weights of
+    :func:`lightalign.data.collators.pad_ranked_groups` this is the mean over prompts of the mean over each
+    prompt's pairs (``-1/C(K,2) · E[log σ(r_w - r_l)]`` in the paper's notation).
+
+    Example: two answers scored 1.0 and 0.0, one pair of weight 1 → ``-log σ(1) = 0.3133``.
+    """
+    margins = rewards[chosen_index] - rewards[rejected_index]
+    return -(pair_weight.to(margins.dtype) * F.logsigmoid(margins)).sum()
+
+
+class RankedRewardTrainer(RewardTrainer):
+    """``RewardTrainer`` whose batches are ranked groups (:class:`~lightalign.data.collators.RankedGroupCollator`).
+
+    Each answer is scored once per step however many pairs it is in (K forward passes for a ranking of K
+    instead of K·(K-1)), and a prompt's pairs share one gradient step, which InstructGPT found to stop the
+    reward model overfitting after one epoch.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (RewardTrainer's signature)
+        super().__init__(*args, **kwargs)
+        # On a 4-bit base TRL casts every trainable parameter to bf16; keep them fp32 as the SFT recipe does
+        # (exact resume). The score head needs it most: a plain bf16 Linear fed fp32 hidden states fails.
+        upcast_trainable(self.model)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN202 (TRL API)
+        return dataset  # tokenised and grouped by lightalign.data.tokenize.tokenize_reward_groups
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        mode = "train" if self.model.training else "eval"
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        rewards = outputs.logits.squeeze(-1)
+        loss = ranking_loss(rewards, inputs["chosen_index"], inputs["rejected_index"], inputs["pair_weight"])
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
+        with torch.no_grad():
+            margins = rewards[inputs["chosen_index"]] - rewards[inputs["rejected_index"]]
+            metrics = self._metrics[mode]
+            metrics["accuracy"].append((margins > 0).float().mean().item())
+            metrics["margin"].append(margins.mean().item())
+            metrics["mean_reward"].append(rewards.mean().item())
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            metrics["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
+
+
+class TokenizedDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` on rows with ``prompt_ids``, ``chosen_ids`` and ``rejected_ids`` (our tokenisation)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (DPOTrainer's signature)
+        super().__init__(*args, **kwargs)
+        upcast_trainable(self.model)  # undo TRL's bf16 cast of QLoRA adapters, as in RankedRewardTrainer
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN202 (TRL API)
+        return dataset  # tokenised by lightalign.data.tokenize.tokenize_preference_pairs

@@ -1,0 +1,43 @@
+"""Preference fixtures shared by the reward and DPO recipe tests: a separable toy ranking set, a reward run."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lightalign.cli import main as cli
+
+WORDS = ["apple", "river", "stone", "cloud", "green", "piano", "tiger", "lemon", "north", "candle", "glass", "forest"]
+# Trivially separable: the best answer is enthusiastic, the worst dismissive, whatever the prompt.
+TEMPLATES = ["Sure, {} is great!", "Well, {} is fine.", "No. {} is awful."]
+REWARD_STEPS = 20
+
+
+@pytest.fixture(scope="session")
+def toy_rankings(tmp_path_factory) -> Path:
+    """40 prompts, each with 3 answers in shuffled order and their ranking (best first)."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("toy") / "rankings.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(40):
+            word = rng.choice(WORDS)
+            order = rng.sample(range(3), 3)
+            responses = [TEMPLATES[j].format(word) for j in order]
+            ranking = sorted(range(3), key=lambda k: order[k])
+            out.write(json.dumps({"prompt": f"Tell me about {word} #{i}.", "responses": responses,
+                                  "ranking": ranking}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reward_run(toy_rankings, tmp_path_factory) -> Path:
+    """A reward stage trained for a few steps on the toy rankings (25% of the prompts held out)."""
+    out = tmp_path_factory.mktemp("reward") / "run"
+    code = cli(["run", "reward", "model=tiny-random", "data=jsonl", f"data.train={toy_rankings}",
+                "data.eval_fraction=0.25", f"trainer.max_steps={REWARD_STEPS}", "trainer.learning_rate=1e-3",
+                "trainer.warmup_ratio=0", "trainer.logging_steps=5", f"hydra.run.dir={out}"])
+    assert code == 0
+    return out
