@@ -101,11 +101,10 @@ def main(cfg: DictConfig) -> None:
         hooks.append(ImplicitRewardAccuracy(eval_rows, run.dpo.beta, tokenizer.pad_token_id,
                                             batch_size=run.eval.batch_size))
     if prompts:
-        hooks.append(SampleAnswers(prompts, scorers, max_new_tokens=run.eval.max_new_tokens,
-                                   batch_size=run.eval.batch_size))
-        if scorers and run.eval.evaluate_base:
-            hooks.append(ReferenceWinRate(prompts, scorers, reference_name=reference,
-                                          max_new_tokens=run.eval.max_new_tokens, batch_size=run.eval.batch_size))
+        samples = SampleAnswers(prompts, scorers, max_new_tokens=run.eval.max_new_tokens,
+                                batch_size=run.eval.batch_size)
+        # the reference's answers to the same prompts (sft_* metrics) and the policy's win rate against them
+        hooks.append(ReferenceWinRate(samples, reference_name=reference) if run.eval.evaluate_base else samples)
 
     # ---- train -----------------------------------------------------------------------------------------
     args = build_trl_args(
@@ -131,6 +130,8 @@ def main(cfg: DictConfig) -> None:
     if resume_from:
         print(f"resuming from {resume_from}")
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if not trainer.is_world_process_zero():
+        return  # under DDP the weights are the same on every rank; rank 0 evaluates and saves them
 
     # ---- evaluate ----------------------------------------------------------------------------------------
     final = EvalContext(model, tokenizer, out, step=trainer.state.global_step)

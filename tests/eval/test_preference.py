@@ -9,8 +9,15 @@ import torch
 from lightalign.data.preference import to_preference_pairs
 from lightalign.data.tokenize import tokenize_preference_pairs
 from lightalign.data.types import PreferencePair, PromptOnly
-from lightalign.eval import EvalContext, ImplicitRewardAccuracy, PairwiseAccuracy, ReferenceWinRate, generate_answers
-from lightalign.eval import preference as preference_hooks
+from lightalign.eval import (
+    EvalContext,
+    ImplicitRewardAccuracy,
+    PairwiseAccuracy,
+    ReferenceWinRate,
+    SampleAnswers,
+    generate_answers,
+)
+from lightalign.eval import hooks as hooks_module
 from lightalign.eval.preference import completion_logprobs
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
 from lightalign.models.reference import load_policy, set_up_reference
@@ -114,15 +121,24 @@ def test_reference_win_rate_compares_with_the_reference_answers(tiny_model_dir, 
         expected = [a.text for a in generate_answers(model, tiny_tokenizer, [p.prompt for p in prompts],
                                                      max_new_tokens=6)]
     calls = []
-    real_generate = preference_hooks.generate_answers
-    monkeypatch.setattr(preference_hooks, "generate_answers", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
-    hook = ReferenceWinRate(prompts, {"length": lambda prompts, answers: [len(a) for a in answers]},
-                            reference_name="base", max_new_tokens=6)
-    ctx = EvalContext(model, tiny_tokenizer, tmp_path, prefix="x_")
-    metrics = hook(ctx)
-    written = [json.loads(line) for line in (tmp_path / "x_base_samples.jsonl").read_text().splitlines()]
-    assert [r["response"] for r in written] == expected
+    real_generate = hooks_module.generate_answers
+    monkeypatch.setattr(hooks_module, "generate_answers", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    samples = SampleAnswers(prompts, {"length": lambda prompts, answers: [len(a) for a in answers]}, max_new_tokens=6)
+    hook = ReferenceWinRate(samples, reference_name="base")
+    metrics = hook(EvalContext(model, tiny_tokenizer, tmp_path, prefix="x_"))
+
+    def read(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    policy, reference = read(tmp_path / "x_samples.jsonl"), read(tmp_path / "x_base_samples.jsonl")
+    assert [r["response"] for r in reference] == expected and [r["response"] for r in policy] != expected
     assert metrics["base_length_score"] == pytest.approx(sum(len(a) for a in expected) / 3)
-    assert 0.0 <= metrics["win_rate_length"] <= 1.0
-    hook(ctx)
+    assert metrics["length_score"] == pytest.approx(sum(len(r["response"]) for r in policy) / 3)
+    wins = [1.0 if len(a["response"]) > len(b["response"]) else 0.5 if len(a["response"]) == len(b["response"])
+            else 0.0 for a, b in zip(policy, reference, strict=True)]
+    assert metrics["win_rate_length"] == pytest.approx(sum(wins) / 3)
+
+    later = tmp_path / "later"
+    assert hook(EvalContext(model, tiny_tokenizer, later, prefix="x_")) == metrics
     assert len(calls) == 3  # policy, reference, then the policy again: the reference answers are cached
+    assert read(later / "x_base_samples.jsonl") == reference  # and written with every evaluation

@@ -2,28 +2,27 @@
 
 - :class:`PairwiseAccuracy`: a reward model on held-out pairs;
 - :class:`ImplicitRewardAccuracy`: DPO's implicit reward ``β·(log π(y|x) - log π_ref(y|x))`` on held-out pairs;
-- :class:`ReferenceWinRate`: the policy's answers against its reference's (the SFT model) under each scorer
-  (reward model, gold judge), for DPO and PPO.
+- :class:`ReferenceWinRate`: :class:`~lightalign.eval.hooks.SampleAnswers` run on the policy and on its
+  reference (the SFT model), with each scorer's win rate (reward model, gold judge), for DPO and PPO.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel
 
 from lightalign.data.collators import pad_preference
-from lightalign.data.formats import prompt_text
 from lightalign.data.preference import prompt_key
 from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
-from lightalign.data.types import PreferencePair, PromptOnly
-from lightalign.eval.generation import generate_answers
-from lightalign.eval.hooks import EvalContext, ScoreFn
+from lightalign.data.types import PreferencePair
+from lightalign.eval.hooks import EvalContext, SampleAnswers
 from lightalign.models.reference import use_reference
 from lightalign.reward_model import score_sequences
+from lightalign.rundir import SAMPLES
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -128,45 +127,41 @@ class ImplicitRewardAccuracy:
 class ReferenceWinRate:
     """The policy's answers against its reference model's (the SFT model) to the same fixed prompts.
 
-    Reference answers come from the same model with the policy adapter swapped for the reference
-    (:func:`use_reference`), generated once and cached (the reference never changes), and are written to
-    ``{prefix}{reference_name}_samples.jsonl``. For each scorer (``rm`` = reward model, ``gold`` judge ...):
-    ``win_rate_{name}`` (the policy's answer scores higher; a tie counts half) and
-    ``{reference_name}_{name}_score`` (the reference's mean score), the names the pipeline report reads.
+    Runs ``samples`` (a :class:`SampleAnswers`: greedy answers, scored by each of its scorers) on the policy,
+    then on the reference: the same model with the policy adapter swapped for the reference
+    (:func:`use_reference`). The reference never changes, so its answers are generated once and cached.
+    Metrics: those of ``samples`` for the policy (``gold_score``, ``rm_score`` ..., ``samples.jsonl``), the
+    same with a ``{reference_name}_`` prefix for the reference (``sft_gold_score``, ``sft_samples.jsonl``),
+    and per scorer ``win_rate_{name}``: the share of prompts where the policy's answer scores higher (a tie
+    counts half). These are the names the pipeline report reads.
     """
 
-    prompts: list[PromptOnly]
-    scorers: dict[str, ScoreFn]
+    samples: SampleAnswers
     reference_name: str = "sft"  # "sft", or "base" for a policy that started from a fresh adapter
-    max_new_tokens: int = 64
-    batch_size: int = 8
     name: str = "reference_win_rate"
-    _reference_answers: list[str] | None = field(default=None, init=False, repr=False)
+    _reference: tuple[dict[str, float], list[dict]] | None = field(default=None, init=False, repr=False)
 
-    def _generate(self, ctx: EvalContext, desc: str) -> list[str]:
-        answers = generate_answers(ctx.model, ctx.tokenizer, [p.prompt for p in self.prompts],
-                                   max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc=desc)
-        return [a.text for a in answers]
+    def _answer(self, ctx: EvalContext) -> tuple[dict[str, float], list[dict]]:
+        metrics = self.samples(ctx)
+        path = ctx.output_dir / f"{ctx.prefix}{SAMPLES}"  # per-answer scores, written by SampleAnswers
+        return metrics, [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        policy = self._generate(ctx, "eval policy answers")
-        if self._reference_answers is None:
+        if not self.samples.write_file:
+            raise ValueError("ReferenceWinRate reads the per-answer scores from samples.jsonl: write_file=True")
+        metrics, policy = self._answer(ctx)
+        reference_ctx = replace(ctx, prefix=f"{ctx.prefix}{self.reference_name}_")
+        if self._reference is None:
             with use_reference(ctx.model):
-                self._reference_answers = self._generate(ctx, "eval reference answers")
-        reference = self._reference_answers
-        texts = [prompt_text(p.prompt) for p in self.prompts]
-        metrics: dict[str, float] = {}
-        columns: dict[str, list[float]] = {}
-        for name, scorer in self.scorers.items():
-            mine, theirs = scorer(texts, policy), scorer(texts, reference)
-            wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(mine, theirs, strict=True)]
-            metrics[f"win_rate_{name}"] = _mean(wins)
-            metrics[f"{self.reference_name}_{name}_score"] = _mean(theirs)
-            columns[f"{name}_score"] = theirs
-        path = ctx.output_dir / f"{ctx.prefix}{self.reference_name}_samples.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as out:
-            for i, (prompt, answer) in enumerate(zip(texts, reference, strict=True)):
-                row = {"prompt": prompt, "response": answer, **{k: v[i] for k, v in columns.items()}}
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                self._reference = self._answer(reference_ctx)
+        else:  # cached: write this evaluation's copy of the reference answers too
+            rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self._reference[1])
+            (ctx.output_dir / f"{reference_ctx.prefix}{SAMPLES}").write_text(rows, encoding="utf-8")
+        reference_metrics, reference = self._reference
+        metrics.update({f"{self.reference_name}_{key}": value for key, value in reference_metrics.items()})
+        for scorer in self.samples.scorers:
+            key = f"{scorer}_score"
+            wins = [1.0 if a[key] > b[key] else 0.5 if a[key] == b[key] else 0.0
+                    for a, b in zip(policy, reference, strict=True)]
+            metrics[f"win_rate_{scorer}"] = _mean(wins)
         return metrics
