@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lightalign.cli import main as cli
 from lightalign.models import Quantization, load_base_model
 from lightalign.training import find_resume_checkpoint
 
@@ -20,36 +22,53 @@ REPO = Path(__file__).resolve().parents[1]
 # constant LR and no warm-up: a resumed schedule is then trivially the uninterrupted one
 STEADY = ["model=tiny-random", "eval.num_prompts=0", "eval.evaluate_base=false", "trainer.lr_scheduler_type=constant",
           "trainer.warmup_ratio=0", "trainer.logging_steps=1", "trainer.save_steps=2", "trainer.max_steps=6"]
-STAGE_ARGS = {"sft": ["data.limit=64"]}
+# Just enough rows for 6 steps; no held-out split, so no evaluation runs after training.
+STAGE_ARGS = {
+    "sft": ["data.limit=64"],
+    "reward": ["data.limit=32", "data.eval_fraction=0"],  # 4 ranked groups (16 answers) per step
+    "dpo": ["data.limit=8", "data.eval_fraction=0"],  # 8 rankings -> 48 pairs; a fresh adapter, base reference
+}
+STAGES = list(STAGE_ARGS)
+
+
+def _overrides(stage: str, out: Path, extra: list[str]) -> list[str]:
+    return [*STEADY, *STAGE_ARGS[stage], *extra, f"hydra.run.dir={out}"]
 
 
 def _command(stage: str, out: Path, extra: list[str]) -> list[str]:
-    recipe = {"sft": "sft.py", "reward": "reward.py", "dpo": "dpo.py"}[stage]
-    return [sys.executable, str(REPO / "recipes" / recipe), *STEADY, *STAGE_ARGS.get(stage, []), *extra,
-            f"hydra.run.dir={out}"]
+    return [sys.executable, str(REPO / "recipes" / f"{stage}.py"), *_overrides(stage, out, extra)]
 
 
 def _adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter" / "adapter_model.safetensors")
 
 
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft"])
-def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path, stage):
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path, capsys, stage):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_command(stage, full, []), check=True, capture_output=True)
+    # The uninterrupted run and the restart run in this process (the same recipe code as the command line,
+    # without paying for another interpreter and torch import); the run to kill needs a process of its own.
+    assert cli(["run", stage, *_overrides(stage, full, [])]) == 0
     process = subprocess.Popen(_command(stage, killed, []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while find_resume_checkpoint(killed) is None and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)  # between checkpoints: step 2 is saved, later steps are lost
     process.wait()
     assert find_resume_checkpoint(killed) is not None and not (killed / "manifest.json").exists()
-    result = subprocess.run(_command(stage, killed, []), check=True, capture_output=True, text=True)
-    assert "resuming from" in result.stdout
+    capsys.readouterr()
+    assert cli(["run", stage, *_overrides(stage, killed, [])]) == 0
+    assert "resuming from" in capsys.readouterr().out
     a, b = _adapter(full), _adapter(killed)
-    # tolerance: float32 adapters, same batches; only summation order may differ
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    assert a.keys() == b.keys()
+    # Tolerance: fp32 adapters (and score head) and the same batches in the same order, so only the order of
+    # floating-point summation may differ between the two runs: |a - b| <= 1e-5 + 1e-4 * |b| per weight.
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a), _max_difference(a, b)
 
 
 def test_torn_checkpoint_is_skipped(tmp_path):
@@ -65,15 +84,22 @@ def test_torn_checkpoint_is_skipped(tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("stage", STAGES)
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, capsys, stage):
     out = tmp_path / "nan"
-    command = _command("sft", out, ["trainer.learning_rate=1e30", "trainer.save_steps=1", "trainer.max_steps=4"])
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.count("lightalign: error:") == 1  # one line (progress bars share stderr)
-    assert "lightalign: error: non-finite loss/gradients at step 3;" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert find_resume_checkpoint(out) is not None and not (out / "manifest.json").exists()
+    # A huge learning rate: the first update is finite, the next forward pass overflows.
+    code = cli(["run", stage, *_overrides(stage, out, ["trainer.learning_rate=1e30", "trainer.save_steps=1",
+                                                        "trainer.max_steps=4"])])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("lightalign: error:") == 1  # one line (progress bars share stderr)
+    assert "Traceback" not in err
+    match = re.search(r"lightalign: error: non-finite loss/gradients at step (\d+);", err)
+    assert match, err[-500:]
+    bad_step = int(match.group(1))
+    # the last good step was saved and is what a restart resumes from; the run is not marked complete
+    assert bad_step >= 2 and find_resume_checkpoint(out) == str(out / "checkpoints" / f"checkpoint-{bad_step - 1}")
+    assert not (out / "manifest.json").exists()
 
 
 def test_weights_load_only_from_safetensors(tmp_path, tiny_model_dir):

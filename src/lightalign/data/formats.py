@@ -107,6 +107,9 @@ def to_lm_example(row: dict, origin: str, fmt: str = "auto") -> Conversation | P
         messages = to_messages(row.get(fmt), origin, fmt)
     elif fmt == "prompt_completion":
         completion = row.get("completion")
+        if completion is not None and not isinstance(completion, str | list):
+            raise DataError(origin, f"expected a string or a list of messages, got {type(completion).__name__}",
+                            field="completion")
         answer = (
             [{"role": "assistant", "content": completion}]
             if isinstance(completion, str)

@@ -106,6 +106,8 @@ def _answer(value: Any, origin: str, field: str) -> list[Message]:
     """``chosen``/``rejected`` as messages: a string is one assistant message."""
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
+    if not isinstance(value, list):
+        raise DataError(origin, f"expected a string or a list of messages, got {type(value).__name__}", field=field)
     return to_messages(value, origin, field)
 
 

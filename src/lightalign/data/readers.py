@@ -9,7 +9,9 @@ Sources:
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,12 +55,7 @@ def _read_local(path: Path) -> Iterator[Row]:
     if suffix == ".parquet":
         yield from _read_parquet(path)
         return
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}", f"not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from None
+    text = _decode_utf8(path, path.read_bytes())
     if not text.strip():
         raise DataError(str(path), "the file is empty")
     if suffix == ".json":
@@ -69,15 +66,45 @@ def _read_local(path: Path) -> Iterator[Row]:
         yield from _read_jsonl(path, text)
 
 
+# Byte patterns of files that are not UTF-8 text, named so the error says what to do about them.
+_NOT_UTF8 = (
+    (codecs.BOM_UTF16_LE, "UTF-16 (it starts with a UTF-16 byte-order mark)"),
+    (codecs.BOM_UTF16_BE, "UTF-16 (it starts with a UTF-16 byte-order mark)"),
+    (b"\x1f\x8b", "gzip-compressed: decompress it first"),
+)
+
+
+def _decode_utf8(path: Path, raw: bytes) -> str:
+    """The text of a data file, or a :class:`DataError` saying which encoding it has instead of UTF-8."""
+    for magic, what in _NOT_UTF8:
+        if raw.startswith(magic):
+            raise DataError(str(path), f"not UTF-8 but {what}; re-save the file as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}", f"not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from None
+    if "\x00" in text:  # valid UTF-8 never holds NUL in text files; UTF-16 without a BOM holds one per ASCII char
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path}:{line}", "holds NUL bytes: UTF-16 without a byte-order mark, or not a text file; "
+                                          "re-save the file as UTF-8")
+    return text
+
+
 def _read_jsonl(path: Path, text: str) -> Iterator[Row]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 ..., which JSON strings may hold raw.
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         origin = f"{path}:{number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(origin, f"malformed JSON ({err.msg} at column {err.colno})") from None
+            # A last row without its newline that does not parse is most likely a file cut off while written.
+            cut = number == len(lines)
+            hint = "; the file ends inside this row: is it truncated?" if cut else ""
+            raise DataError(origin, f"malformed JSON at column {err.colno}: {err.msg}{hint}") from None
         if not isinstance(row, dict):
             raise DataError(origin, f"expected a JSON object per line, got {type(row).__name__}")
         yield row, origin
@@ -87,7 +114,7 @@ def _read_json(path: Path, text: str) -> Iterator[Row]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}", f"malformed JSON ({err.msg})") from None
+        raise DataError(f"{path}:{err.lineno}", f"malformed JSON at column {err.colno}: {err.msg}") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -100,7 +127,7 @@ def _read_json(path: Path, text: str) -> Iterator[Row]:
 
 
 def _read_csv(path: Path, text: str) -> Iterator[Row]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # the csv module handles quoted line breaks itself
     for row in reader:
         origin = f"{path}:{reader.line_num}"
         if None in row:
