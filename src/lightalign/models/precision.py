@@ -26,11 +26,23 @@ class Precision:
         return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX-512 or AMX).
+
+    Without it (e.g. an AVX2-only AMD EPYC) oneDNN emulates bf16 and a 4-bit layer computing in bf16 was
+    measured 4.5x slower than in fp32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 def resolve_precision(requested: str = "auto") -> Precision:
     """Resolve ``auto|bf16|fp16|fp32`` against the available device.
 
-    On CPU the trainer runs in fp32 while 4-bit layers still compute in bf16 (bitsandbytes supports it
-    on CPU and it halves the dequantised weight traffic).
+    On CPU the trainer runs in fp32 while 4-bit layers compute in bf16 where the CPU supports it natively
+    (it halves the dequantised weight traffic), else in fp32 (:func:`cpu_has_fast_bf16`).
     """
     if requested not in PRECISIONS:
         from lightalign.errors import ConfigError
@@ -39,7 +51,8 @@ def resolve_precision(requested: str = "auto") -> Precision:
     cuda = torch.cuda.is_available()
     if requested == "auto":
         if not cuda:
-            return Precision(bf16=False, fp16=False, compute_dtype=torch.bfloat16)
+            return Precision(bf16=False, fp16=False,
+                             compute_dtype=torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
         requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if requested == "bf16":
         return Precision(bf16=cuda, fp16=False, compute_dtype=torch.bfloat16)
