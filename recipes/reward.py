@@ -26,6 +26,7 @@ from lightalign.config import register_configs
 from lightalign.data import load_preference_splits
 from lightalign.data.collators import RankedGroupCollator
 from lightalign.data.tokenize import tokenize_reward_groups
+from lightalign.distributed import is_main_process
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
 from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision
@@ -82,7 +83,7 @@ def main(cfg: DictConfig) -> None:
     # ---- the untrained head's scores, for comparison (kept across resumes) --------------------------
     base_file = out / "evals" / "base.json"
     base_metrics = read_json(base_file) or {}
-    if run.eval.evaluate_base and not base_metrics and hooks:
+    if run.eval.evaluate_base and not base_metrics and hooks and is_main_process():  # rank 0 writes (DDP)
         base_metrics = run_eval_hooks(hooks, EvalContext(model, tokenizer, out, prefix="base_"))
         write_json_atomic(base_file, base_metrics)
 
@@ -108,6 +109,8 @@ def main(cfg: DictConfig) -> None:
     if resume_from:
         print(f"resuming from {resume_from}")
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if not trainer.is_world_process_zero():
+        return  # under DDP the weights are the same on every rank; rank 0 evaluates and saves them
 
     # ---- evaluate ----------------------------------------------------------------------------------------
     final = EvalContext(model, tokenizer, out, step=trainer.state.global_step)

@@ -24,6 +24,7 @@ from lightalign.config import register_configs
 from lightalign.data import load_lm_examples, load_prompt_examples
 from lightalign.data.collators import LMCollator
 from lightalign.data.tokenize import tokenize_lm_examples
+from lightalign.distributed import is_main_process
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, HeldOutLoss, SampleAnswers, run_eval_hooks
 from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision, upcast_trainable
@@ -101,7 +102,8 @@ def main(cfg: DictConfig) -> None:
     # ---- the base model's scores, for comparison (kept across resumes) -------------------------------
     base_file = out / "evals" / "base.json"
     base_metrics = read_json(base_file) or {}
-    if run.eval.evaluate_base and not base_metrics and hooks:
+    # Under DDP (`torchrun -m lightalign run sft`) rank 0 alone evaluates and writes the run directory.
+    if run.eval.evaluate_base and not base_metrics and hooks and is_main_process():
         with model.disable_adapter():
             base_metrics = run_eval_hooks(hooks, EvalContext(model, tokenizer, out, prefix="base_"))
         write_json_atomic(base_file, base_metrics)
@@ -135,6 +137,8 @@ def main(cfg: DictConfig) -> None:
     if resume_from:
         print(f"resuming from {resume_from}")
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if not trainer.is_world_process_zero():
+        return  # the weights are the same on every rank; rank 0 evaluates and saves them
 
     # ---- evaluate ----------------------------------------------------------------------------------------
     final = EvalContext(model, tokenizer, out, step=trainer.state.global_step)

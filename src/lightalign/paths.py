@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+RECIPES_ENV = "LIGHTALIGN_RECIPES_DIR"
 
 
 def lightalign_home() -> Path:
@@ -19,11 +20,18 @@ def _installed_or_source(installed: str, source: str) -> Path:
     return inside if inside.is_dir() else _PACKAGE_DIR.parents[1] / source
 
 
+def _copied_recipes() -> Path | None:
+    # Set by `lightalign run --from DIR`: a folder made by `lightalign cp` (DIR/<recipe>.py, DIR/conf/).
+    folder = os.environ.get(RECIPES_ENV)
+    return Path(folder).expanduser().resolve() if folder else None
+
+
 def recipes_dir() -> Path:
-    """The folder holding the stage recipes (``sft.py``, ...)."""
-    return _installed_or_source("recipes", "recipes")
+    """The folder holding the stage recipes (``sft.py``, ...): ``$LIGHTALIGN_RECIPES_DIR`` when set."""
+    return _copied_recipes() or _installed_or_source("recipes", "recipes")
 
 
 def conf_dir() -> Path:
-    """The folder holding the Hydra config tree."""
-    return _installed_or_source("conf", "conf")
+    """The folder holding the Hydra config tree (``$LIGHTALIGN_RECIPES_DIR/conf`` when that is set)."""
+    copied = _copied_recipes()
+    return copied / "conf" if copied else _installed_or_source("conf", "conf")

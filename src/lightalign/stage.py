@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lightalign.distributed import is_main_process
 from lightalign.rundir import CONFIG
 
 # Keys that change how a run executes but not what it produces: they do not invalidate a finished stage.
@@ -33,6 +34,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def save_config(cfg: DictConfig, output_dir: Path) -> str:
-    """Write the resolved config to ``DIR/config.yaml`` and return its :func:`config_hash`."""
-    (output_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    """Write the resolved config to ``DIR/config.yaml`` (rank 0 only) and return its :func:`config_hash`."""
+    if is_main_process():
+        (output_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     return config_hash(cfg)

@@ -13,6 +13,7 @@ from transformers import TrainerCallback, TrainingArguments
 from lightalign.errors import NonFiniteLossError
 from lightalign.models.precision import Precision
 from lightalign.rundir import append_log
+from lightalign.trackers import check_report_to, trl_report_to
 
 ArgsT = TypeVar("ArgsT", bound=TrainingArguments)
 
@@ -39,8 +40,12 @@ class TrainerSettings:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False
     packing: bool = False  # padding-free batches (one packed row per batch)
-    report_to: str = "none"  # none | tensorboard | wandb | mlflow
+    report_to: str = "none"  # none | tensorboard | wandb | mlflow (lightalign.trackers); metrics.jsonl always
     resume: bool = True  # continue from the last complete checkpoint in DIR/checkpoints
+
+    def __post_init__(self) -> None:
+        # OmegaConf.to_object builds this dataclass, so a bad choice fails when a recipe reads its config.
+        check_report_to(self.report_to)
 
 
 def build_trl_args(
@@ -67,10 +72,13 @@ def build_trl_args(
         bf16=precision.bf16,
         fp16=precision.fp16,
         gradient_checkpointing=settings.gradient_checkpointing,
-        report_to=[] if settings.report_to == "none" else [settings.report_to],
+        report_to=trl_report_to(settings.report_to),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        # Without CUDA the base is loaded on the CPU (load_base_model), so the trainer must stay there too:
+        # this also makes a multi-process launch on CPU run as DDP over gloo instead of N unrelated runs.
+        use_cpu=not torch.cuda.is_available(),
     )
     return args_cls(**{**kwargs, **stage_args})  # a stage may override any of the shared choices
 

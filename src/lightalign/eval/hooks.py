@@ -144,6 +144,8 @@ class EvalHookCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 (transformers API)
         if self.every_n_steps <= 0 or state.global_step % self.every_n_steps != 0 or model is None:
             return control
+        if not state.is_world_process_zero:  # under DDP rank 0 alone evaluates (the weights are identical)
+            return control
         ctx = EvalContext(model, self.tokenizer, self.output_dir / "evals" / f"step-{state.global_step}",
                           step=state.global_step)
         metrics = {f"eval/{k}": v for k, v in run_eval_hooks(self.hooks, ctx).items()}

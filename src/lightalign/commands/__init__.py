@@ -1,0 +1,1 @@
+"""The ``lightalign`` subcommands other than ``run``, one module each (``cli.py`` only parses and dispatches)."""
