@@ -74,6 +74,8 @@ def pack_lm(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "position_ids": torch.tensor([positions], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
+        # transformers only builds the block-diagonal mask when no KV cache is created
+        "use_cache": False,
     }
 
 
