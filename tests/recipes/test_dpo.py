@@ -103,3 +103,15 @@ def test_dpo_without_sft_adapter_references_the_base(toy_rankings, tmp_path, cap
     assert json.loads((out / "manifest.json").read_text())["artefacts"]["reference"] == "base"
     code = cli(["run", "dpo", "model=tiny-random", "dpo.loss_type=nope", f"hydra.run.dir={tmp_path / 'x'}"])
     assert code != 0 and "dpo.loss_type='nope' is not one of" in capsys.readouterr().err
+
+
+def test_dpo_resumes_from_its_last_checkpoint(sft_run, toy_rankings, tmp_path, capsys):
+    common = ["model=tiny-random", "data=jsonl", f"data.train={toy_rankings}", "data.limit=12", "eval.num_prompts=0",
+              f"dpo.sft_adapter={sft_run}", "trainer.save_steps=2", "trainer.logging_steps=1",
+              f"hydra.run.dir={tmp_path}"]
+    assert cli(["run", "dpo", *common, "trainer.max_steps=2"]) == 0
+    assert cli(["run", "dpo", *common, "trainer.max_steps=3"]) == 0
+    assert f"resuming from {tmp_path / 'checkpoints' / 'checkpoint-2'}" in capsys.readouterr().out
+    log = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "loss" in row] == [1, 2, 3]
+    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == 3
