@@ -14,13 +14,8 @@ from transformers import BitsAndBytesConfig, LlamaForCausalLM, LlamaForSequenceC
 
 from lightalign.errors import ConfigError
 from lightalign.ppo.losses import policy_loss, value_loss
-from lightalign.ppo.roles import (
-    SharedBaseRoles,
-    load_score_head,
-    load_shared_base_roles,
-    logprobs_from_logits,
-    truncate_after_eos,
-)
+from lightalign.ppo.roles import SharedBaseRoles, load_score_head, load_shared_base_roles
+from lightalign.ppo.sampling import logprobs_from_logits, truncate_after_eos
 
 PAD_ID, EOS_ID = 0, 2
 

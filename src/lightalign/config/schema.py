@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from lightalign.models.adapters import LoraSettings
 from lightalign.models.loading import Quantization
+from lightalign.ppo.settings import PPOSettings
 from lightalign.training import TrainerSettings
 
 
@@ -118,8 +119,28 @@ class DPOStageConfig(StageConfig):
     dpo: DPOOptions = field(default_factory=DPOOptions)
 
 
+@dataclass
+class PPOOptions(PPOSettings):
+    """``ppo.*``: PPO's hyper-parameters (see PPOSettings) and where its roles come from.
+
+    The reward is ``ppo.reward_model`` (a reward stage's run dir, run on the shared base) or the top-level
+    ``reward`` component (any ``(prompts, answers) -> scores`` callable): exactly one of the two.
+    """
+
+    sft_adapter: str | None = None  # SFT run dir or adapter folder: the policy starts here, the reference is it
+    reward_model: str | None = None  # a reward stage's run dir
+    value_init: str = "auto"  # auto (reward if there is a reward model, else fresh) | reward | fresh
+
+
+@dataclass
+class PPOStageConfig(StageConfig):
+    ppo: PPOOptions = field(default_factory=PPOOptions)
+    # (prompts, answers) -> scores named by _target_ (conf/reward/*.yaml), e.g. lightalign.demo.GoldJudge
+    reward: Any = None
+
+
 SCHEMAS: dict[str, type] = {"sft_schema": SFTStageConfig, "reward_schema": RewardStageConfig,
-                            "dpo_schema": DPOStageConfig}
+                            "dpo_schema": DPOStageConfig, "ppo_schema": PPOStageConfig}
 
 
 def register_configs() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from lightalign.data.types import Conversation, Message, PlainText, PreferencePair
+from lightalign.data.types import Conversation, Message, PlainText, PreferencePair, PromptOnly
 from lightalign.errors import DataError
 
 IGNORE_INDEX = -100
@@ -243,3 +243,40 @@ def tokenize_preference_pairs(
 
 
 # ---- prompts (PPO rollouts) ------------------------------------------------------------------------------
+
+
+def tokenize_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Iterable[PromptOnly],
+    *,
+    max_length: int,
+    overlong: str = "error",
+) -> tuple[list[PromptOnly], list[list[int]], TokenizeReport]:
+    """Ids of each prompt followed by the assistant header (:func:`encode_prompt`), ready to sample from.
+
+    Over-long prompts: ``error``, ``skip``, or ``truncate`` keeping the *last* ``max_length`` tokens (the
+    header that asks for the answer is at the end). Returns the kept prompts, their ids and the report.
+
+    Example: ``tokenize_prompts(tok, [PromptOnly([{"role": "user", "content": "Hi"}])], max_length=64)`` gives
+    ``([that prompt], [ids of "<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n"], report)``.
+    """
+    _check_overlong(overlong)
+    report = TokenizeReport()
+    kept: list[PromptOnly] = []
+    encoded: list[list[int]] = []
+    for prompt in prompts:
+        ids = encode_prompt(tokenizer, prompt.prompt)
+        if len(ids) > max_length:
+            if overlong == "error":
+                raise DataError(prompt.origin, f"prompt of {len(ids)} tokens > {max_length} (data.max_length minus "
+                                               "the answer's max_new_tokens); set data.overlong=truncate or skip")
+            if overlong == "skip":
+                report.skipped += 1
+                report.skipped_origins.append(prompt.origin)
+                continue
+            ids = keep_last(ids, max_length)
+            report.truncated += 1
+        report.kept += 1
+        kept.append(prompt)
+        encoded.append(ids)
+    return kept, encoded, report

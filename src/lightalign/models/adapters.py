@@ -26,6 +26,23 @@ def is_quantized(model: PreTrainedModel) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def build_lora_config(
+    settings: LoraSettings, *, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None
+) -> LoraConfig:
+    """PEFT's ``LoraConfig`` for our settings (``["all-linear"]`` becomes PEFT's ``"all-linear"``)."""
+    targets: str | list[str] = settings.target_modules
+    if list(targets) == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        task_type=TaskType[task_type],
+        modules_to_save=modules_to_save,
+    )
+
+
 def apply_lora(
     model: PreTrainedModel,
     settings: LoraSettings,
@@ -44,17 +61,7 @@ def apply_lora(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    targets: str | list[str] = settings.target_modules
-    if list(targets) == ["all-linear"]:
-        targets = "all-linear"
-    config = LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=targets,
-        task_type=TaskType[task_type],
-        modules_to_save=modules_to_save,
-    )
+    config = build_lora_config(settings, task_type=task_type, modules_to_save=modules_to_save)
     peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     upcast_trainable(peft_model)
     return peft_model

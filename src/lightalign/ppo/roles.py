@@ -6,11 +6,13 @@ network. Here the base weights exist once, wrapped by PEFT with one LoRA adapter
 ============  ==================================  =========  ==========================================
 role          adapter                             trainable  head
 ============  ==================================  =========  ==========================================
-policy        ``"policy"`` (from the SFT adapter)  yes        the LM head
+policy        ``"policy"`` (from the SFT adapter,  yes        the LM head
+              or fresh when there is no SFT)
 reference     ``"ref"`` (frozen SFT copy), or      no         the LM head
               no adapter (base, adapters disabled)
 value         ``"value"`` (fresh, or reward copy)  yes        ``value_head``: Linear(hidden, 1)
-reward        ``"reward"`` (the reward model)      no         ``reward_head``: its saved ``score`` layer
+reward        ``"reward"`` (the reward model), or  no         ``reward_head``: its saved ``score`` layer
+              none (a programmatic reward)
 ============  ==================================  =========  ==========================================
 
 Only one adapter is active at a time; each method below activates its own role first. PEFT's
@@ -42,13 +44,13 @@ import copy
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import (
     ModulesToSaveWrapper,
@@ -57,43 +59,20 @@ from peft.utils import (
     set_peft_model_state_dict,
 )
 from torch import Tensor, nn
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lightalign.errors import ConfigError, ModelNotFoundError
+from lightalign.models.adapters import upcast_trainable
+from lightalign.ppo.sampling import (
+    GeneratedResponses,
+    logprobs_from_logits,
+    position_ids_from_mask,
+    response_logits,
+    sample_responses,
+)
 
 # Keys of a PEFT SEQ_CLS adapter that hold the classification head (saved via modules_to_save=["score"]).
 _HEAD_SUFFIXES = ("score.weight", "score.bias")
-
-
-class GeneratedResponses(NamedTuple):
-    """Sampled responses, right-padded.
-
-    Attributes:
-        tokens: ``[B, T]`` response token ids; everything after the first EOS is ``pad_token_id``.
-        mask: ``[B, T]`` 1 for real tokens up to and including the first EOS, 0 after it.
-        ended_with_eos: ``[B]`` bool, False where the response hit ``max_new_tokens`` without an EOS.
-    """
-
-    tokens: Tensor
-    mask: Tensor
-    ended_with_eos: Tensor
-
-
-def truncate_after_eos(tokens: Tensor, eos_token_id: int, pad_token_id: int) -> GeneratedResponses:
-    """Keep each response up to and including its first EOS; pad and mask out the rest.
-
-    Example:
-        >>> truncate_after_eos(torch.tensor([[5, 2, 7], [5, 6, 7]]), eos_token_id=2, pad_token_id=0)
-        GeneratedResponses(tokens=tensor([[5, 2, 0],
-                [5, 6, 7]]), mask=tensor([[1, 1, 0],
-                [1, 1, 1]]), ended_with_eos=tensor([ True, False]))
-    """
-    is_eos = tokens == eos_token_id
-    # Number of EOS strictly before each position: 0 means "still inside the answer (or at its EOS)".
-    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
-    mask = (eos_before == 0).long()
-    tokens = torch.where(mask.bool(), tokens, torch.full_like(tokens, pad_token_id))
-    return GeneratedResponses(tokens, mask, is_eos.any(dim=1))
 
 
 def reward_token_index(input_ids: Tensor, attention_mask: Tensor, pad_token_id: int | None) -> Tensor:
@@ -107,18 +86,6 @@ def reward_token_index(input_ids: Tensor, attention_mask: Tensor, pad_token_id: 
     columns = torch.arange(input_ids.shape[1], device=input_ids.device)
     keep = attention_mask.bool() if pad_token_id is None else input_ids != pad_token_id
     return (columns * keep.long()).argmax(dim=1)
-
-
-def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Log-probability of each token under ``logits``: ``[B, T, V]``, ``[B, T]`` -> ``[B, T]`` (fp32)."""
-    logits = logits.float()
-    # gather - logsumexp avoids materialising a second [B, T, V] tensor of log-softmax values.
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions that skip left padding, as ``generate`` computes them (pads get position 0)."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -162,12 +129,13 @@ class SharedBaseRoles:
     """Run one PEFT-wrapped base model as policy, reference, value and reward model.
 
     Build it with :func:`load_shared_base_roles` from saved SFT and reward adapters, or directly from a
-    ``PeftModel`` that already holds the adapters.
+    ``PeftModel`` that already holds the adapters. Without a reward adapter (a programmatic reward
+    scores the answers instead) pass ``reward_head=None, reward_adapter=None``.
 
     Args:
         model: the PEFT model holding the adapters named below.
         value_head: trainable ``Linear(hidden, 1)`` on the last hidden states under the value adapter.
-        reward_head: frozen ``Linear(hidden, 1)`` of the reward model.
+        reward_head: frozen ``Linear(hidden, 1)`` of the reward model, or None.
         temperature: the sampling temperature; log-probs are computed from ``logits / temperature``.
         pad_token_id: the pad id the reward model was trained with (locates the scored token).
         policy_adapter, value_adapter, reward_adapter: adapter names.
@@ -178,18 +146,18 @@ class SharedBaseRoles:
         self,
         model: PeftModel,
         value_head: nn.Linear,
-        reward_head: nn.Linear,
+        reward_head: nn.Linear | None,
         *,
         temperature: float = 1.0,
         pad_token_id: int | None = None,
         policy_adapter: str = "policy",
         ref_adapter: str | None = "ref",
         value_adapter: str = "value",
-        reward_adapter: str = "reward",
+        reward_adapter: str | None = "reward",
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        needed = [policy_adapter, value_adapter, reward_adapter] + ([ref_adapter] if ref_adapter else [])
+        needed = [name for name in (policy_adapter, value_adapter, reward_adapter, ref_adapter) if name]
         missing = [name for name in needed if name not in model.peft_config]
         if missing:
             raise ValueError(f"adapters {missing} not found; the model holds {sorted(model.peft_config)}")
@@ -204,7 +172,8 @@ class SharedBaseRoles:
         self.reward_adapter = reward_adapter
         self._adapter_params = _parameters_by_adapter(model)
         disable_dropout(model)
-        self.reward_head.requires_grad_(False)
+        if self.reward_head is not None:
+            self.reward_head.requires_grad_(False)
         self.value_head.requires_grad_(True)
         self._activate(policy_adapter)
 
@@ -255,16 +224,7 @@ class SharedBaseRoles:
         return self.model.get_base_model().get_decoder()
 
     def _response_logits(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
-        steps = input_ids.shape[1] - response_start
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            # Only the columns that predict response tokens: the prompt's logits are never needed.
-            logits_to_keep=steps + 1,
-            use_cache=False,
-        )
-        return output.logits[:, :-1].float() / self.temperature
+        return response_logits(self.model, input_ids, attention_mask, response_start, self.temperature)
 
     def _hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         output = self._decoder()(
@@ -313,13 +273,41 @@ class SharedBaseRoles:
 
     @torch.no_grad()
     def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Reward model score of each full sequence ``[B]`` (no grad), read where the reward model was
-        trained to read it (see :func:`reward_token_index`)."""
-        self._activate(self.reward_adapter)
-        hidden = self._hidden_states(input_ids, attention_mask)
+        """Reward model score of each right-padded full sequence ``[B]`` (no grad), read where the reward
+        model was trained to read it (see :func:`reward_token_index`).
+
+        Unlike the other roles this one puts the model back as it found it (active adapter, adapters
+        disabled or not), so it can score answers in the middle of an evaluation of another role.
+        """
+        if self.reward_adapter is None or self.reward_head is None:
+            raise ConfigError("no reward adapter was loaded: score with the reward callable instead")
+        with self._scoring():
+            hidden = self._hidden_states(input_ids, attention_mask)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         last = hidden[rows, reward_token_index(input_ids, attention_mask, self.pad_token_id)]
         return self.reward_head(last.to(self.reward_head.weight.dtype)).squeeze(-1)
+
+    @contextmanager
+    def _scoring(self) -> Iterator[None]:
+        previous = self.model.active_adapter
+        # Inside `disable_adapter()` (an evaluation of the bare base) the reward adapter would silently not
+        # apply: switch the adapter layers back on for the scoring, and off again after.
+        was_disabled = bool(getattr(self.model, "_adapters_disabled", False))
+        if was_disabled:
+            self.model.base_model.enable_adapter_layers()
+        try:
+            self._activate(self.reward_adapter)
+            yield
+        finally:
+            self._activate(previous)
+            if was_disabled:
+                self.model.base_model.disable_adapter_layers()
+                self._apply_trainability()
+
+    def activate_policy(self) -> PeftModel:
+        """Make the policy the active adapter (e.g. before evaluating ``self.model``) and return the model."""
+        self._activate(self.policy_adapter)
+        return self.model
 
     @torch.no_grad()
     def generate(
@@ -328,42 +316,28 @@ class SharedBaseRoles:
         prompt_mask: Tensor,
         *,
         max_new_tokens: int,
-        eos_token_id: int,
+        eos_token_id: int | Sequence[int],
         pad_token_id: int,
         top_k: int = 0,
         top_p: float = 1.0,
     ) -> GeneratedResponses:
         """Sample one response per left-padded prompt from the policy at ``self.temperature``.
 
-        ``top_k``/``top_p`` other than the defaults (off) make the sampling distribution differ from the
-        one :meth:`policy_logprobs` scores, so PPO's first ratio is no longer exactly 1; keep them off
-        unless you know you want that.
-
-        Returns:
-            :class:`GeneratedResponses`, truncated after the first EOS.
+        See :func:`~lightalign.ppo.sampling.sample_responses` (clean sampling config, top-k/p off by default
+        so that PPO's first ratio is exactly 1).
         """
         self._activate(self.policy_adapter)
-        base = self.model.get_base_model()
-        saved_config = base.generation_config
-        # A clean config: generate() fills every unset knob from the model's generation_config (a
-        # checkpoint's repetition_penalty, min_p, ...), any of which would bend the sampling distribution.
-        base.generation_config = GenerationConfig()
-        try:
-            output = self.model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                do_sample=True,
-                temperature=self.temperature,
-                top_k=top_k,
-                top_p=top_p,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos_token_id,
-                pad_token_id=pad_token_id,
-                use_cache=True,
-            )
-        finally:
-            base.generation_config = saved_config
-        return truncate_after_eos(output[:, prompt_ids.shape[1] :], eos_token_id, pad_token_id)
+        return sample_responses(
+            self.model,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            temperature=self.temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
 
     # -------------------------------------------------------------------------------------- checkpoints
 
@@ -434,11 +408,12 @@ def _check_adapter_dir(folder: str | Path) -> Path:
 
 def load_shared_base_roles(
     base: PreTrainedModel,
-    sft_adapter_dir: str | Path,
-    reward_adapter_dir: str | Path,
+    sft_adapter_dir: str | Path | None,
+    reward_adapter_dir: str | Path | None,
     *,
-    reference: Literal["sft_adapter", "base"] = "sft_adapter",
-    value_init: Literal["reward", "fresh"] = "reward",
+    reference: Literal["sft_adapter", "base"] | None = None,
+    value_init: Literal["reward", "fresh"] | None = None,
+    policy_lora_config: LoraConfig | None = None,
     value_lora_config: LoraConfig | None = None,
     temperature: float = 1.0,
     pad_token_id: int | None = None,
@@ -446,58 +421,82 @@ def load_shared_base_roles(
     """Wrap ``base`` once and load every PPO role onto it as an adapter.
 
     The reward adapter must have been trained on the same base weights (same model, same quantisation),
-    since it now runs on this base.
+    since it now runs on this base. Trainable adapters are kept in fp32 (see ``upcast_trainable``).
 
     Args:
         base: the causal LM, plain or 4-bit (call ``prepare_model_for_kbit_training`` before, if wanted).
         sft_adapter_dir: the SFT stage's adapter; it becomes the trainable policy (and the reference).
-        reward_adapter_dir: the reward stage's SEQ_CLS adapter, with its ``score`` head saved.
+            None: the policy is a fresh adapter (``policy_lora_config``) and the reference the bare base.
+        reward_adapter_dir: the reward stage's SEQ_CLS adapter, with its ``score`` head saved; None when a
+            programmatic reward scores the answers (no reward role is loaded).
         reference: ``"sft_adapter"``: a frozen second copy of the SFT adapter (the reference must be the
             SFT model); ``"base"``: the base with adapters disabled (when the SFT model is the base).
+            Default: ``"sft_adapter"`` if there is one, else ``"base"``.
         value_init: ``"reward"`` copies the reward adapter and head into the value role (InstructGPT);
-            ``"fresh"`` starts a new adapter (``value_lora_config``, default: the SFT adapter's settings)
-            and a new head.
+            ``"fresh"`` starts a new adapter (``value_lora_config``, default: the policy adapter's settings)
+            and a new head. Default: ``"reward"`` if there is a reward adapter, else ``"fresh"``.
+        policy_lora_config: the fresh policy adapter's settings when there is no SFT adapter.
         temperature: sampling temperature, used for log-probs as well.
         pad_token_id: pad id the reward model was trained with; default ``base.config``'s.
 
     Returns:
         The roles, with the policy adapter active.
     """
-    sft_adapter_dir = _check_adapter_dir(sft_adapter_dir)
-    reward_adapter_dir = _check_adapter_dir(reward_adapter_dir)
-    model = PeftModel.from_pretrained(base, str(sft_adapter_dir), adapter_name="policy", is_trainable=True)
+    reference = reference or ("sft_adapter" if sft_adapter_dir is not None else "base")
+    value_init = value_init or ("reward" if reward_adapter_dir is not None else "fresh")
+    if reference not in ("sft_adapter", "base"):
+        raise ValueError(f"reference must be 'sft_adapter' or 'base', got {reference!r}")
+    if value_init not in ("reward", "fresh"):
+        raise ValueError(f"value_init must be 'reward' or 'fresh', got {value_init!r}")
+    if reference == "sft_adapter" and sft_adapter_dir is None:
+        raise ConfigError("reference='sft_adapter' needs an SFT adapter")
+    if value_init == "reward" and reward_adapter_dir is None:
+        raise ConfigError("value_init='reward' needs a reward adapter")
+
+    if sft_adapter_dir is not None:
+        sft_adapter_dir = _check_adapter_dir(sft_adapter_dir)
+        model = PeftModel.from_pretrained(base, str(sft_adapter_dir), adapter_name="policy", is_trainable=True)
+    elif policy_lora_config is not None:
+        # A fresh LoRA adapter adds exactly zero, so the policy starts as the base: the reference.
+        model = get_peft_model(base, copy.deepcopy(policy_lora_config), adapter_name="policy")
+    else:
+        raise ValueError("without an SFT adapter, pass policy_lora_config for a fresh policy adapter")
     ref_adapter: str | None = None
     if reference == "sft_adapter":
         model.load_adapter(str(sft_adapter_dir), adapter_name="ref", is_trainable=False)
         ref_adapter = "ref"
-    elif reference != "base":
-        raise ValueError(f"reference must be 'sft_adapter' or 'base', got {reference!r}")
 
-    reward_head = load_score_head(reward_adapter_dir)
-    _load_trunk_adapter(model, reward_adapter_dir, "reward", trainable=False)
+    reward_head: nn.Linear | None = None
+    if reward_adapter_dir is not None:
+        reward_adapter_dir = _check_adapter_dir(reward_adapter_dir)
+        reward_head = load_score_head(reward_adapter_dir)
+        _load_trunk_adapter(model, reward_adapter_dir, "reward", trainable=False)
     if value_init == "reward":
         _load_trunk_adapter(model, reward_adapter_dir, "value", trainable=True)
         value_head = copy.deepcopy(reward_head)
-    elif value_init == "fresh":
+    else:
         config = copy.deepcopy(value_lora_config or model.peft_config["policy"])
         config.inference_mode = False
         config.modules_to_save = None
         model.add_adapter("value", config)
         value_head = new_value_head(base.config.get_text_config().hidden_size)
-    else:
-        raise ValueError(f"value_init must be 'reward' or 'fresh', got {value_init!r}")
 
     device = base.get_input_embeddings().weight.device
     if pad_token_id is None:
         pad_token_id = base.config.get_text_config().pad_token_id
-    return SharedBaseRoles(
+    roles = SharedBaseRoles(
         model,
         value_head.to(device=device, dtype=torch.float32),
-        reward_head.to(device=device, dtype=torch.float32),
+        reward_head.to(device=device, dtype=torch.float32) if reward_head is not None else None,
         temperature=temperature,
         pad_token_id=pad_token_id,
         ref_adapter=ref_adapter,
+        reward_adapter="reward" if reward_head is not None else None,
     )
+    # PEFT creates adapters in the compute dtype on a 4-bit base; AdamW on bf16 weights rounds small
+    # steps away and a resumed run would diverge from an uninterrupted one.
+    upcast_trainable(roles.model)
+    return roles
 
 
 def _load_trunk_adapter(model: PeftModel, folder: Path, adapter_name: str, *, trainable: bool) -> None:

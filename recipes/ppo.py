@@ -1,0 +1,263 @@
+"""PPO with QLoRA on ONE shared 4-bit base: the third stage of the InstructGPT recipe (RLHF).
+
+    lightalign run ppo ppo.sft_adapter=SFT_DIR ppo.reward_model=REWARD_DIR [overrides]   # or python recipes/ppo.py
+    lightalign run ppo ppo.sft_adapter=SFT_DIR reward=gold_judge        # a callable reward (verifiable rewards)
+    lightalign run ppo model=tiny-random trainer.max_steps=2 hydra.run.dir=DIR ppo.sft_adapter=SFT_DIR \\
+        ppo.reward_model=REWARD_DIR
+
+Supports: policy, reference, value and reward as four LoRA adapters on one (4-bit or full-precision) base
+(lightalign.ppo.roles); the policy starts from the SFT adapter (``ppo.sft_adapter``, the reference is then a
+frozen copy of it) or from a fresh adapter (the reference is the base); the reward is a reward stage's model
+(``ppo.reward_model``, which also initialises the value role) or any ``(prompts, answers) -> scores`` callable
+(``reward._target_``). Per update: sample ``ppo.batch_size`` answers (temperature/top-k/top-p), reward = score
+at the last token - β·KL per token (β fixed, or adaptive with ``ppo.kl_target``), optional missing-EOS penalty,
+score clipping and reward whitening; GAE, whitened advantages; ``ppo.num_ppo_epochs`` epochs of clipped policy
+and value losses over shuffled mini-batches, entropy bonus, gradient clipping and accumulation. ``trainer.max_steps``
+counts PPO updates. Checkpoints every ``trainer.save_steps`` updates (atomic); the same command resumes.
+
+Writes DIR/adapter/ (the policy), DIR/metrics.json (gold_score, rm_score, win_rate_{gold,rm} against the
+reference's answers, kl_to_sft; sft_* = the reference, the SFT model; ``base`` for ``sft`` without an SFT adapter;
+``reward`` for ``rm`` with a reward callable), DIR/samples.jsonl, DIR/sft_samples.jsonl, DIR/logs/metrics.jsonl
+(one row per update), DIR/checkpoints/.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import AbstractContextManager
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from peft import prepare_model_for_kbit_training
+from tqdm.auto import tqdm
+from transformers import get_scheduler, set_seed
+
+from lightalign.config import register_configs
+from lightalign.data import load_prompt_examples
+from lightalign.data.tokenize import tokenize_prompts
+from lightalign.errors import ConfigError, NonFiniteLossError, report_errors
+from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks
+from lightalign.eval.kl import ReferenceKL
+from lightalign.models import load_base_model, load_tokenizer, resolve_precision
+from lightalign.models.adapters import build_lora_config, is_quantized
+from lightalign.models.reference import resolve_adapter_dir
+from lightalign.ppo.checkpoint import load_ppo_checkpoint, restore_rng_state, save_ppo_checkpoint
+from lightalign.ppo.kl_control import AdaptiveKLController, FixedKLController
+from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage
+from lightalign.ppo.roles import load_shared_base_roles
+from lightalign.ppo.rollout import PromptSampler, collect_rollout
+from lightalign.ppo.update import ppo_update
+from lightalign.rundir import (
+    ADAPTER,
+    LOG,
+    append_log,
+    read_log,
+    trim_log,
+    write_manifest,
+    write_metrics,
+)
+from lightalign.stage import run_directory, save_config
+from lightalign.training import find_resume_checkpoint
+
+register_configs()
+
+
+def untouched_rng() -> AbstractContextManager:
+    """Evaluation samples too; it must not shift the training RNG, or a resumed run would diverge."""
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="ppo")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
+    out = run_directory()
+    config_hash = save_config(cfg, out)
+    set_seed(run.trainer.seed)
+    precision = resolve_precision(run.trainer.precision)
+    ppo, trainer = run.ppo, run.trainer
+
+    # ---- setup: which reward, which adapters ---------------------------------------------------------
+    reward_target = (run.reward or {}).get("_target_")
+    if bool(ppo.reward_model) == bool(reward_target):
+        raise ConfigError("set exactly one reward: ppo.reward_model=REWARD_RUN_DIR (a reward stage) or a callable "
+                          "with reward=gold_judge / reward._target_=pkg.fn")
+    if ppo.value_init not in ("auto", "reward", "fresh"):
+        raise ConfigError(f"ppo.value_init={ppo.value_init!r} is not one of auto, reward, fresh")
+    minibatch = trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
+    if ppo.batch_size % minibatch:
+        raise ConfigError(f"ppo.batch_size={ppo.batch_size} must be a multiple of trainer.per_device_train_batch_size"
+                          f" * trainer.gradient_accumulation_steps = {minibatch}")
+    sft_dir = resolve_adapter_dir(ppo.sft_adapter, expected_base=run.model.name_or_path) if ppo.sft_adapter else None
+    reward_dir, reward_max_length = None, run.data.max_length
+    if ppo.reward_model:
+        reward_dir, reward_max_length = resolve_reward_stage(ppo.reward_model, expected_base=run.model.name_or_path)
+
+    # ---- setup: tokenizer, prompts -----------------------------------------------------------------------
+    tokenizer = load_tokenizer(
+        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
+    )
+    prompt_budget = run.data.max_length - ppo.max_new_tokens
+    if prompt_budget < 1:
+        raise ConfigError(f"data.max_length={run.data.max_length} leaves no room for prompts of answers of "
+                          f"ppo.max_new_tokens={ppo.max_new_tokens}")
+    prompts, prompt_ids, prompt_report = tokenize_prompts(
+        tokenizer,
+        load_prompt_examples(run.data.train, split=run.data.split, limit=run.data.limit),
+        max_length=prompt_budget,
+        overlong=run.data.overlong,
+    )
+    print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")
+    eval_prompts = []
+    if run.data.prompts and run.eval.num_prompts > 0:
+        eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
+
+    # ---- setup: one base, four roles --------------------------------------------------------------------
+    base = load_base_model(
+        run.model.name_or_path,
+        run.quant,
+        compute_dtype=precision.compute_dtype,
+        revision=run.model.revision,
+        trust_remote_code=run.model.trust_remote_code,
+        attn_implementation=run.model.attn_implementation,
+    )
+    checkpointing = {"use_reentrant": False}  # non-reentrant: frozen inputs need no requires_grad hack
+    if is_quantized(base):
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=trainer.gradient_checkpointing,
+                                               gradient_checkpointing_kwargs=checkpointing)
+    elif trainer.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    roles = load_shared_base_roles(
+        base,
+        sft_dir,
+        reward_dir,
+        value_init=None if ppo.value_init == "auto" else ppo.value_init,
+        policy_lora_config=build_lora_config(run.lora),
+        value_lora_config=build_lora_config(run.lora),
+        temperature=ppo.temperature,
+    )
+    trainable = sum(p.numel() for p in roles.trainable_parameters())
+    print(f"policy: {'the SFT adapter ' + str(sft_dir) if sft_dir else 'a fresh adapter'}; reference: "
+          f"{'the frozen SFT adapter' if sft_dir else 'the base (adapters off)'}; reward: "
+          f"{reward_dir or reward_target}; trainable parameters (policy + value): {trainable:,}")
+    if reward_dir:
+        reward_fn = SharedBaseRewardModel(roles, tokenizer, max_length=reward_max_length,
+                                          batch_size=run.eval.batch_size)
+    else:
+        reward_fn = hydra.utils.instantiate(run.reward)
+
+    # ---- eval hooks: the policy's answers, scores and KL against the reference (the SFT model) ---------------
+    judge = hydra.utils.instantiate(run.eval.judge) if run.eval.judge else None
+    # "rm" for a reward model, the name the pipeline report reads; "reward" for any other callable
+    scorers = {**({"gold": judge} if judge else {}), ("rm" if reward_dir else "reward"): reward_fn}
+    generation = {"max_new_tokens": run.eval.max_new_tokens, "batch_size": run.eval.batch_size}
+    reference_name = "sft" if sft_dir else "base"
+    hooks: list = []
+    if eval_prompts:
+        samples = SampleAnswers(eval_prompts, scorers, **generation)
+        # with the reference's answers and scores too (what PPO started from) and the win rates against them
+        hooks.append(ReferenceWinRate(samples, reference_name) if run.eval.evaluate_base else samples)
+        hooks.append(ReferenceKL(eval_prompts, reference_name=reference_name, temperature=ppo.temperature,
+                                 **generation))
+
+    # ---- setup: optimiser, schedule, KL controller, prompt order; resume -----------------------------------
+    epochs_of_updates = math.ceil(trainer.num_train_epochs * len(prompts) / ppo.batch_size)
+    total = trainer.max_steps if trainer.max_steps > 0 else epochs_of_updates
+    optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=trainer.learning_rate,
+                                  weight_decay=trainer.weight_decay)
+    scheduler = get_scheduler(trainer.lr_scheduler_type, optimizer,
+                              num_warmup_steps=round(trainer.warmup_ratio * total), num_training_steps=total)
+    kl_control = (AdaptiveKLController(ppo.kl_coef, ppo.kl_target, ppo.kl_horizon) if ppo.kl_target
+                  else FixedKLController(ppo.kl_coef))
+    sampler = PromptSampler(len(prompts), ppo.batch_size, seed=trainer.seed)
+    start = 0
+    resume_from = find_resume_checkpoint(out) if trainer.resume else None
+    if resume_from:
+        checkpoint = load_ppo_checkpoint(resume_from)
+        roles.load_trainable_state_dict(checkpoint.trainable)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        scheduler.load_state_dict(checkpoint.scheduler)
+        kl_control.load_state_dict(checkpoint.state["kl_controller"])
+        sampler.load_state_dict(checkpoint.state["sampler"])
+        restore_rng_state(checkpoint.rng)
+        start = checkpoint.step
+        print(f"resuming from {resume_from} (update {start} of {total})")
+    trim_log(out / LOG, run.stage, start)  # updates after the checkpoint are logged again
+
+    # ---- train: rollout -> PPO epochs -> log -> checkpoint, once per update -------------------------------
+    bar = tqdm(total=total, initial=start, desc="ppo updates", unit="update")
+    for step in range(start + 1, total + 1):
+        began = time.perf_counter()
+        batch = sampler.next_batch()
+        try:
+            rollout = collect_rollout(roles, tokenizer, [prompts[i] for i in batch], [prompt_ids[i] for i in batch],
+                                      reward_fn, ppo, kl_coef=kl_control.value,
+                                      forward_batch_size=trainer.per_device_train_batch_size)
+            sampled = time.perf_counter()
+            update_stats = ppo_update(roles, optimizer, rollout, ppo, minibatch_size=minibatch,
+                                      micro_batch_size=trainer.per_device_train_batch_size,
+                                      max_grad_norm=trainer.max_grad_norm)
+        except NonFiniteLossError as err:
+            last = find_resume_checkpoint(out)
+            raise NonFiniteLossError(
+                f"PPO update {step}: {err}; stopped before its optimiser step, the last checkpoint "
+                f"({last or 'none yet'}) is intact. Lower trainer.learning_rate or check the reward."
+            ) from err
+        experience = rollout.stats()
+        row = {**experience, **update_stats, "kl_coef": kl_control.value,
+               "learning_rate": scheduler.get_last_lr()[0]}
+        kl_control.update(experience["kl"], n_steps=rollout.size)
+        scheduler.step()
+        elapsed = time.perf_counter() - began
+        tokens = int(rollout.mask.sum())
+        row.update({"epoch": sampler.epoch + sampler.position / len(prompts), "update_seconds": elapsed,
+                    "rollout_seconds": sampled - began, "tokens_per_second": tokens / elapsed})
+        append_log(out / LOG, run.stage, step, row)
+        bar.update()
+        bar.set_postfix(score=f"{experience['score']:.3f}", kl=f"{experience['kl']:.2f}")
+        if trainer.logging_steps > 0 and step % trainer.logging_steps == 0:
+            tqdm.write(f"update {step}: score {experience['score']:.3f} kl {experience['kl']:.3f} "
+                       f"reward {experience['total_reward']:.3f} answer {experience['answer_tokens']:.1f} tokens "
+                       f"value loss {update_stats['value_loss']:.4f} clip {update_stats['policy_clip_frac']:.2f}")
+        if hooks and run.eval.every_n_steps > 0 and step % run.eval.every_n_steps == 0:
+            with untouched_rng():
+                ctx = EvalContext(roles.activate_policy(), tokenizer, out / "evals" / f"step-{step}", step=step)
+                evals = run_eval_hooks(hooks, ctx)
+            append_log(out / LOG, run.stage, step, {f"eval/{k}": v for k, v in evals.items()})
+        if step % trainer.save_steps == 0 or step == total:
+            state = {"kl_controller": kl_control.state_dict(), "sampler": sampler.state_dict()}
+            save_ppo_checkpoint(out, step, trainable=roles.trainable_state_dict(), optimizer=optimizer,
+                                scheduler=scheduler, state=state, keep=trainer.save_total_limit)
+    bar.close()
+
+    # ---- evaluate --------------------------------------------------------------------------------------------
+    metrics: dict[str, float] = {}
+    if hooks:
+        with untouched_rng():
+            metrics.update(run_eval_hooks(hooks, EvalContext(roles.activate_policy(), tokenizer, out, step=total)))
+    logged = [r for r in read_log(out / LOG) if r.get("stage") == run.stage and "score" in r]
+    if logged:
+        first, last = logged[: min(5, len(logged))], logged[-min(5, len(logged)) :]
+        metrics.update({
+            "train_updates": len(logged),
+            "train_score_first": sum(r["score"] for r in first) / len(first),  # mean of the first five updates
+            "train_score_last": sum(r["score"] for r in last) / len(last),  # ... and of the last five
+            "train_kl_last": sum(r["kl"] for r in last) / len(last),
+            "train_runtime_s": sum(r["update_seconds"] for r in logged),
+            "train_tokens_per_second": sum(r["tokens_per_second"] for r in logged) / len(logged),
+        })
+    metrics.update(prompt_report.as_metrics("train_prompts"))
+
+    # ---- save ------------------------------------------------------------------------------------------------
+    roles.save_adapter("policy", out / ADAPTER)
+    tokenizer.save_pretrained(out / ADAPTER)
+    write_metrics(out, metrics)
+    write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)
+    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
+    print(f"lightalign: {run.stage} finished: {out}")
+
+
+if __name__ == "__main__":
+    main()

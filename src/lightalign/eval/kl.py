@@ -1,0 +1,83 @@
+"""How far a policy has moved from its reference (the SFT model): KL on answers it samples to held-out prompts.
+
+The one hook interface (``hook(ctx) -> dict[str, float]``); the reference is whatever
+:func:`lightalign.models.reference.use_reference` makes of ``ctx.model`` (the frozen ``"ref"`` adapter, or
+the base with adapters disabled), so PPO and DPO report the same number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lightalign.data.collators import pad_prompts
+from lightalign.data.tokenize import encode_prompt
+from lightalign.data.types import PromptOnly
+from lightalign.eval.generation import stop_token_ids
+from lightalign.eval.hooks import EvalContext
+from lightalign.models.reference import use_reference
+from lightalign.ppo.sampling import logprobs_from_logits, response_logits, sample_responses
+
+
+@dataclass
+class ReferenceKL:
+    """``KL(policy || reference)`` estimated on answers sampled from the policy to fixed prompts.
+
+    For answers ``y ~ π(·|x)`` sampled at ``temperature`` (both models' logits divided by it, as PPO's KL
+    penalty does), ``KL = E[log π(y|x) - log π_ref(y|x)]`` summed over the answer's tokens: the same
+    unbiased (k1) estimate as PPO's per-update ``kl``, so the two are comparable.
+
+    Metrics: ``kl_to_{reference_name}`` (nats per answer; ``kl_to_sft``, the name the pipeline report reads)
+    and ``kl_to_{reference_name}_per_token``. Draws from the global torch RNG: run it inside
+    ``torch.random.fork_rng()`` if training continues afterwards.
+    """
+
+    prompts: list[PromptOnly]
+    reference_name: str = "sft"  # "sft", or "base" for a policy that started from a fresh adapter
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    temperature: float = 1.0
+    name: str = "reference_kl"
+
+    @torch.no_grad()
+    def __call__(self, ctx: EvalContext) -> dict[str, float]:
+        model, tokenizer = ctx.model, ctx.tokenizer
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total_kl, total_tokens, answers = 0.0, 0, 0
+        try:
+            for start in range(0, len(self.prompts), self.batch_size):
+                encoded = [encode_prompt(tokenizer, p.prompt) for p in self.prompts[start : start + self.batch_size]]
+                batch = {k: v.to(device) for k, v in pad_prompts(encoded, tokenizer.pad_token_id).items()}
+                sampled = sample_responses(
+                    model,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    max_new_tokens=self.max_new_tokens,
+                    eos_token_id=stop_token_ids(tokenizer),
+                    pad_token_id=tokenizer.pad_token_id,
+                    temperature=self.temperature,
+                )
+                input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
+                attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
+                prompt_width = batch["input_ids"].shape[1]
+                policy = logprobs_from_logits(
+                    response_logits(model, input_ids, attention_mask, prompt_width, self.temperature), sampled.tokens
+                )
+                with use_reference(model):
+                    reference = logprobs_from_logits(
+                        response_logits(model, input_ids, attention_mask, prompt_width, self.temperature),
+                        sampled.tokens,
+                    )
+                log_ratio = torch.where(sampled.mask.bool(), policy - reference, torch.zeros_like(policy))
+                total_kl += log_ratio.sum().item()
+                total_tokens += int(sampled.mask.sum())
+                answers += len(encoded)
+        finally:
+            model.train(was_training)
+        return {
+            f"kl_to_{self.reference_name}": total_kl / max(answers, 1),
+            f"kl_to_{self.reference_name}_per_token": total_kl / max(total_tokens, 1),
+        }

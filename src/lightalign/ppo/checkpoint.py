@@ -1,0 +1,141 @@
+"""Resumable PPO checkpoints, written atomically: a checkpoint folder exists complete or not at all.
+
+``DIR/checkpoints/checkpoint-<update>/`` holds:
+
+- ``trainable.safetensors``: the policy and value adapters and the value head
+  (:meth:`~lightalign.ppo.roles.SharedBaseRoles.trainable_state_dict`);
+- ``optimizer.pt``, ``scheduler.pt``: their ``state_dict()``;
+- ``rng.pt``: the Python, NumPy and torch (CPU and CUDA) generator states;
+- ``trainer_state.json``: the update number, the prompt sampler's position, the KL controller (β) and any
+  other JSON state the recipe adds. Its presence marks the folder complete, as for the TRL-based stages,
+  so :func:`lightalign.training.find_resume_checkpoint` finds the newest PPO checkpoint too.
+
+Everything is written into a hidden temporary folder next to the final one and renamed into place: a run
+killed while saving leaves the previous checkpoint as the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from lightalign.training import CHECKPOINTS
+
+STATE = "trainer_state.json"
+_TMP_PREFIX = ".tmp-checkpoint-"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every random generator a PPO update draws from (sampling, mini-batch shuffling)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # as plain types: torch.load(weights_only=True) refuses NumPy arrays
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` saved."""
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class PPOCheckpoint:
+    """A loaded checkpoint; apply each part to the object it came from."""
+
+    path: Path
+    trainable: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def save_ppo_checkpoint(
+    output_dir: Path,
+    step: int,
+    *,
+    trainable: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write ``DIR/checkpoints/checkpoint-<step>`` atomically and keep only the newest ``keep`` (0: all).
+
+    Args:
+        output_dir: the run directory.
+        step: the number of PPO updates done.
+        trainable: tensors to restore the trained roles from.
+        optimizer, scheduler: saved through ``state_dict()``.
+        state: JSON-serialisable state (sampler position, KL controller ...); ``step`` is added.
+        keep: ``trainer.save_total_limit``.
+
+    Returns:
+        The checkpoint folder.
+    """
+    root = output_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    for torn in root.glob(_TMP_PREFIX + "*"):  # left by a run killed while saving
+        shutil.rmtree(torn, ignore_errors=True)
+    final = root / f"checkpoint-{step}"
+    staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{step}-", dir=root))
+    try:
+        save_file({k: v.contiguous() for k, v in trainable.items()}, staging / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        torch.save(capture_rng_state(), staging / "rng.pt")
+        # Written last: its presence is what marks a checkpoint complete.
+        (staging / STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
+        if final.exists():  # a rerun reaching the same update again: replace the old one
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if keep > 0:
+        done = sorted(
+            (p for p in root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / STATE).is_file()),
+            key=lambda p: int(p.name.split("-")[-1]),
+        )
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_ppo_checkpoint(path: str | Path) -> PPOCheckpoint:
+    """Read a folder written by :func:`save_ppo_checkpoint` (tensors on CPU)."""
+    path = Path(path)
+    return PPOCheckpoint(
+        path=path,
+        trainable=load_file(path / "trainable.safetensors"),
+        optimizer=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+        scheduler=torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True),
+        rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
+        state=json.loads((path / STATE).read_text(encoding="utf-8")),
+    )

@@ -1,0 +1,249 @@
+"""The experience half of a PPO update: sample answers, score them, turn scores into advantages.
+
+:func:`collect_rollout` runs every role of :class:`~lightalign.ppo.roles.SharedBaseRoles` once, without
+gradients: the policy samples and records its log-probs, the reference its log-probs, the value role its
+values, and the reward (a reward model or any callable) scores the decoded answers. The result, a
+:class:`Rollout`, is what :func:`lightalign.ppo.update.ppo_update` optimises on.
+
+:class:`PromptSampler` decides which prompts come next; its state (epoch, position) is checkpointed so a
+resumed run continues with the same prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from lightalign.data.collators import pad_prompts
+from lightalign.data.types import PromptOnly
+from lightalign.eval.generation import stop_token_ids
+from lightalign.ppo.advantages import (
+    gae_advantages,
+    masked_mean,
+    masked_whiten,
+    penalise_missing_eos,
+    per_token_rewards,
+)
+from lightalign.ppo.rewards import RewardFn, score_answers
+from lightalign.ppo.roles import SharedBaseRoles
+from lightalign.ppo.settings import PPOSettings
+
+
+class PromptSampler:
+    """Shuffled passes over ``num_prompts`` prompts, ``batch_size`` at a time; a batch may span two passes.
+
+    Each pass has its own permutation drawn from ``seed + epoch`` (not from the global RNG), so the order
+    depends only on the state ``(epoch, position)``, which :meth:`state_dict` saves.
+
+    Example:
+        >>> sampler = PromptSampler(num_prompts=3, batch_size=2, seed=0)
+        >>> len(sampler.next_batch()), len(sampler.next_batch()), sampler.epoch
+        (2, 2, 1)
+    """
+
+    def __init__(self, num_prompts: int, batch_size: int, seed: int = 0) -> None:
+        if num_prompts < 1 or batch_size < 1:
+            raise ValueError(f"need prompts and a batch size, got {num_prompts} prompts, batch size {batch_size}")
+        self.num_prompts = num_prompts
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_prompts, generator=generator).tolist()
+
+    def next_batch(self) -> list[int]:
+        """Indices of the next ``batch_size`` prompts."""
+        indices: list[int] = []
+        while len(indices) < self.batch_size:
+            order = self._order()
+            take = order[self.position : self.position + self.batch_size - len(indices)]
+            indices += take
+            self.position += len(take)
+            if self.position >= self.num_prompts:
+                self.epoch, self.position = self.epoch + 1, 0
+        return indices
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "num_prompts": self.num_prompts}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["num_prompts"] != self.num_prompts:
+            raise ValueError(f"the checkpoint sampled from {state['num_prompts']} prompts, this run has "
+                             f"{self.num_prompts}: resume with the same data")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled answers and everything PPO optimises on.
+
+    ``input_ids``/``attention_mask`` are ``[B, P + T]`` (left-padded prompts, right-padded responses);
+    every other tensor but ``scores``/``ended_with_eos`` (``[B]``) is ``[B, T]`` over response tokens and
+    0 at padding. ``returns = advantages + values`` use the advantages *before* whitening.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_start: int
+    mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    values: Tensor
+    rewards: Tensor
+    advantages: Tensor
+    returns: Tensor
+    kl: Tensor
+    non_score_reward: Tensor
+    scores: Tensor  # as the reward returned them, before the missing-EOS penalty and clipping
+    paid_scores: Tensor  # what the last token was paid
+    ended_with_eos: Tensor
+    answers: list[str]
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def responses(self) -> Tensor:
+        return self.input_ids[:, self.response_start :]
+
+    def select(self, rows: Tensor) -> Rollout:
+        """The rollout of ``rows`` only, cut to their longest response (less compute per mini-batch)."""
+        width = int(self.mask[rows].sum(1).max().item())
+        columns = self.response_start + width
+        picked: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in ("input_ids", "attention_mask"):
+                value = value[rows, :columns]
+            elif isinstance(value, Tensor) and value.dim() == 2:
+                value = value[rows, :width]
+            elif isinstance(value, Tensor):
+                value = value[rows]
+            elif item.name == "answers":
+                value = [value[i] for i in rows.tolist()]
+            picked[item.name] = value
+        return Rollout(**picked)
+
+    def stats(self) -> dict[str, float]:
+        """Per-update metrics of the experience (sums over an answer's tokens, means over answers)."""
+        lengths = self.mask.sum(1).float()
+        return {
+            "score": self.scores.mean().item(),
+            "kl": self.kl.sum(1).mean().item(),
+            "non_score_reward": self.non_score_reward.sum(1).mean().item(),
+            "total_reward": (self.paid_scores + self.non_score_reward.sum(1)).mean().item(),
+            "answer_tokens": lengths.mean().item(),
+            "eos_fraction": self.ended_with_eos.float().mean().item(),
+            "value_mean": masked_mean(self.values, self.mask).item(),
+            "advantage_std": self.advantages[self.mask.bool()].std().item() if self.mask.sum() > 1 else 0.0,
+        }
+
+
+def decode_answers(tokenizer: PreTrainedTokenizerBase, tokens: Tensor, mask: Tensor) -> list[str]:
+    """Answer texts without their stop token and special tokens, stripped: what a judge or reward model reads."""
+    stops = set(stop_token_ids(tokenizer))
+    answers = []
+    for row, length in zip(tokens.tolist(), mask.sum(1).tolist(), strict=True):
+        ids = row[: int(length)]
+        if ids and ids[-1] in stops:
+            ids = ids[:-1]
+        answers.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return answers
+
+
+def _in_chunks(fn: Callable[..., Tensor], input_ids: Tensor, attention_mask: Tensor, start: int, size: int) -> Tensor:
+    return torch.cat(
+        [fn(input_ids[i : i + size], attention_mask[i : i + size], start) for i in range(0, input_ids.shape[0], size)]
+    )
+
+
+@torch.no_grad()
+def collect_rollout(
+    roles: SharedBaseRoles,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[PromptOnly],
+    prompt_ids: Sequence[Sequence[int]],
+    reward_fn: RewardFn,
+    settings: PPOSettings,
+    *,
+    kl_coef: float,
+    forward_batch_size: int = 8,
+) -> Rollout:
+    """Sample one answer per prompt from the policy and compute rewards, values and advantages.
+
+    Args:
+        roles: the four roles on one base.
+        tokenizer: its tokenizer (stop tokens, decoding).
+        prompts: the prompts, for the reward (:func:`~lightalign.ppo.rewards.score_answers`).
+        prompt_ids: their ids with the assistant header (:func:`lightalign.data.tokenize.tokenize_prompts`).
+        reward_fn: ``(prompts, answers) -> scores``.
+        settings: sampling, reward shaping and GAE settings.
+        kl_coef: β for this batch (the KL controller's current value).
+        forward_batch_size: rows per forward pass when scoring (memory bound).
+
+    Raises:
+        NonFiniteLossError: the reward returned NaN or inf.
+    """
+    device = next(roles.model.parameters()).device
+    batch = {k: v.to(device) for k, v in pad_prompts(list(prompt_ids), tokenizer.pad_token_id).items()}
+    roles.model.eval()  # generation with a KV cache; the update switches back to train mode
+    sampled = roles.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens=settings.max_new_tokens,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+    )
+    start = batch["input_ids"].shape[1]
+    input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
+    attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
+    mask = sampled.mask
+    logprobs = _in_chunks(roles.policy_logprobs, input_ids, attention_mask, start, forward_batch_size)
+    ref_logprobs = _in_chunks(roles.ref_logprobs, input_ids, attention_mask, start, forward_batch_size)
+    values = _in_chunks(roles.values, input_ids, attention_mask, start, forward_batch_size)
+    roles.activate_policy()
+
+    answers = decode_answers(tokenizer, sampled.tokens, mask)
+    scores = score_answers(reward_fn, prompts, answers).to(device)
+    paid = scores
+    if settings.missing_eos_penalty is not None:
+        paid = penalise_missing_eos(paid, sampled.ended_with_eos, settings.missing_eos_penalty)
+    if settings.score_clip is not None:
+        paid = paid.clamp(-settings.score_clip, settings.score_clip)
+    rewards, kl, non_score_reward = per_token_rewards(
+        paid, logprobs, ref_logprobs, mask, kl_coef, kl_estimator=settings.kl_estimator  # type: ignore[arg-type]
+    )
+    if settings.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    values = torch.where(mask.bool(), values, torch.zeros_like(values))
+    advantages, returns = gae_advantages(rewards, values, mask, settings.gamma, settings.lam)
+    advantages = masked_whiten(advantages, mask)
+    return Rollout(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_start=start,
+        mask=mask,
+        logprobs=torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs)),
+        ref_logprobs=torch.where(mask.bool(), ref_logprobs, torch.zeros_like(ref_logprobs)),
+        values=values,
+        rewards=rewards,
+        advantages=advantages,
+        returns=returns,
+        kl=kl,
+        non_score_reward=non_score_reward,
+        scores=scores,
+        paid_scores=paid,
+        ended_with_eos=sampled.ended_with_eos,
+        answers=answers,
+    )

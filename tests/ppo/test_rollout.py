@@ -1,0 +1,149 @@
+"""Rollouts on lightalign:tiny-random through the real 4-bit path: sampling, rewards, advantages, prompt order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, prepare_model_for_kbit_training
+
+from lightalign.data import load_prompt_examples
+from lightalign.data.formats import prompt_text
+from lightalign.data.tokenize import encode_exchange, tokenize_prompts
+from lightalign.errors import ConfigError, NonFiniteLossError
+from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
+from lightalign.models.adapters import build_lora_config
+from lightalign.ppo.advantages import masked_mean, masked_var
+from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage, score_answers
+from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
+from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout, decode_answers
+from lightalign.ppo.settings import PPOSettings
+from lightalign.reward_model import score_sequences
+
+TINY = "lightalign:tiny-random"
+COMPUTE = resolve_precision("auto").compute_dtype  # bf16 is emulated (slow) on CPUs without AVX-512
+
+
+def tiny_roles(stages: dict[str, Path] | None, *, temperature: float = 1.0) -> SharedBaseRoles:
+    """Roles on the 4-bit tiny model; ``stages=None``: fresh policy, no reward model."""
+    base = load_base_model(TINY, Quantization(), compute_dtype=COMPUTE)
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    return load_shared_base_roles(
+        base,
+        stages["sft"] if stages else None,
+        stages["reward"] / "adapter" if stages else None,
+        policy_lora_config=build_lora_config(LoraSettings(r=4, alpha=8)),
+        temperature=temperature,
+    )
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    kept, ids, _ = tokenize_prompts(tiny_tokenizer, load_prompt_examples("demo:sft", limit=4), max_length=200)
+    return kept, ids
+
+
+def test_prompt_sampler_covers_every_prompt_per_pass_and_resumes():
+    sampler = PromptSampler(num_prompts=5, batch_size=2, seed=3)
+    batches = [sampler.next_batch() for _ in range(5)]  # 10 indices = two passes
+    assert sorted(sum(batches, [])[:5]) == list(range(5)) and sorted(sum(batches, [])[5:]) == list(range(5))
+    assert sum(batches, [])[:5] != sum(batches, [])[5:]  # each pass has its own order
+    state = sampler.state_dict()
+    expected = [sampler.next_batch() for _ in range(3)]
+    resumed = PromptSampler(num_prompts=5, batch_size=2, seed=3)
+    resumed.load_state_dict(state)
+    assert [resumed.next_batch() for _ in range(3)] == expected
+    with pytest.raises(ValueError, match="same data"):
+        PromptSampler(num_prompts=6, batch_size=2, seed=3).load_state_dict(state)
+
+
+def test_decode_answers_drops_the_stop_token_and_padding(tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token_id
+    hi = tiny_tokenizer("Hi", add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor([hi + [eos, eos], hi + hi])
+    mask = torch.tensor([[1] * len(hi) + [1, 0], [1] * (2 * len(hi))])
+    assert decode_answers(tiny_tokenizer, tokens, mask) == ["Hi", "HiHi"]
+
+
+def test_rollout_starts_with_policy_equal_to_reference(tiny_random_stages, tiny_tokenizer, prompts):
+    roles = tiny_roles(tiny_random_stages)
+    reward = SharedBaseRewardModel(roles, tiny_tokenizer, max_length=256)
+    settings = PPOSettings(batch_size=4, max_new_tokens=6, temperature=1.0, gamma=1.0, lam=0.95)
+    torch.manual_seed(0)
+    rollout = collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], reward, settings, kl_coef=0.2,
+                              forward_batch_size=3)  # 3 does not divide 4: chunking must still cover every row
+    mask = rollout.mask
+    assert rollout.input_ids.shape == (4, rollout.response_start + mask.shape[1])
+    assert torch.all(mask[:, 1:] <= mask[:, :-1])  # a prefix
+    assert torch.equal(rollout.attention_mask[:, rollout.response_start :], mask)
+    # The policy starts as the SFT adapter and the reference is a frozen copy of it: KL 0, ratio 1.
+    torch.testing.assert_close(rollout.logprobs, rollout.ref_logprobs)
+    assert rollout.kl.abs().max() == 0
+    # With no KL, each answer's only reward is its score, paid at its last real token.
+    last = mask.sum(1) - 1
+    torch.testing.assert_close(rollout.rewards[torch.arange(4), last], rollout.scores)
+    torch.testing.assert_close(rollout.rewards.sum(1), rollout.scores)
+    # Advantages whitened over real tokens; padding is 0 everywhere.
+    assert abs(masked_mean(rollout.advantages, mask).item()) < 1e-5
+    assert masked_var(rollout.advantages, mask).item() == pytest.approx(1.0, abs=1e-4)
+    for tensor in (rollout.advantages, rollout.returns, rollout.values, rollout.logprobs):
+        assert torch.all(tensor[mask == 0] == 0)
+    # Only the last real token's return, with gamma=1: the score itself (the episode ends there).
+    torch.testing.assert_close(rollout.returns[torch.arange(4), last], rollout.scores)
+    stats = rollout.stats()
+    assert stats["kl"] == 0 and stats["total_reward"] == pytest.approx(stats["score"])
+    assert stats["answer_tokens"] == pytest.approx(mask.sum(1).float().mean().item())
+
+    part = rollout.select(torch.tensor([2, 0]))
+    assert isinstance(part, Rollout) and part.size == 2 and part.answers == [rollout.answers[2], rollout.answers[0]]
+    assert part.mask.shape[1] == int(mask[[2, 0]].sum(1).max())
+
+
+def test_shared_base_reward_scores_like_the_reward_stage_model(tiny_random_stages, tiny_tokenizer, prompts):
+    """Scores read through the ``reward`` role equal the reward stage's own sequence-classification model."""
+    roles = tiny_roles(tiny_random_stages)
+    adapter_dir, max_length = resolve_reward_stage(tiny_random_stages["reward"], expected_base=TINY)
+    reward = SharedBaseRewardModel(roles, tiny_tokenizer, max_length=max_length, batch_size=3)
+    texts = [prompt_text(p.prompt) for p in prompts[0]]
+    answers = ["Paris.", "", "The answer is 12", "ok"]
+    classifier = load_base_model(TINY, Quantization(), head="score", compute_dtype=COMPUTE)
+    classifier = PeftModel.from_pretrained(classifier, adapter_dir)
+    sequences = [encode_exchange(tiny_tokenizer, p.prompt, a) for p, a in zip(prompts[0], answers, strict=True)]
+    expected = score_sequences(classifier, sequences, tiny_tokenizer.pad_token_id)
+    assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
+    # Scoring leaves the policy active, even when it ran inside an evaluation of the bare base.
+    assert roles.model.active_adapter == "policy"
+    with roles.model.disable_adapter():
+        assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
+        assert roles.model._adapters_disabled
+    with pytest.raises(ConfigError, match="stage"):
+        resolve_reward_stage(tiny_random_stages["sft"], expected_base=TINY)  # an adapter, not a reward run
+
+
+def test_missing_eos_penalty_and_callable_reward(tiny_tokenizer, prompts):
+    roles = tiny_roles(None)  # fresh policy, reference = base, no reward model
+    assert roles.ref_adapter is None and roles.reward_adapter is None
+    with pytest.raises(ConfigError, match="reward callable"):
+        roles.reward_scores(torch.tensor([[5, 6]]), torch.tensor([[1, 1]]))
+    seen = {}
+
+    def length_reward(texts: list[str], answers: list[str]) -> list[float]:
+        seen["texts"] = texts
+        return [float(len(a)) for a in answers]
+
+    settings = PPOSettings(batch_size=4, max_new_tokens=3, missing_eos_penalty=100.0)
+    torch.manual_seed(1)
+    rollout = collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], length_reward, settings, kl_coef=0.0)
+    assert seen["texts"] == [prompt_text(p.prompt) for p in prompts[0]]  # callables get the last user turn
+    assert not rollout.ended_with_eos.all()  # 3 tokens of a random model: most are cut off
+    expected = torch.where(rollout.ended_with_eos, rollout.scores, rollout.scores - 100.0)
+    torch.testing.assert_close(rollout.paid_scores, expected)
+    torch.testing.assert_close(rollout.logprobs, rollout.ref_logprobs)  # a fresh adapter adds exactly 0
+
+
+def test_score_answers_rejects_bad_rewards(prompts):
+    with pytest.raises(NonFiniteLossError, match="nan"):
+        score_answers(lambda p, a: [float("nan")] * len(a), prompts[0][:2], ["x", "y"])
+    with pytest.raises(ConfigError, match="1 scores for 2 answers"):
+        score_answers(lambda p, a: [1.0], prompts[0][:2], ["x", "y"])
