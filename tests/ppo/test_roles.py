@@ -91,6 +91,14 @@ def test_truncate_after_eos():
     assert out.ended_with_eos.tolist() == [True, False, True]
 
 
+def test_truncate_after_any_of_several_stop_tokens():
+    # EOS and the chat template's end-of-turn token may differ (Llama 3): either one ends the answer.
+    tokens = torch.tensor([[5, 9, 7, EOS_ID], [5, 6, EOS_ID, 9], [5, 6, 7, 8]])
+    out = truncate_after_eos(tokens, eos_token_id=[EOS_ID, 9], pad_token_id=PAD_ID)
+    assert out.tokens.tolist() == [[5, 9, 0, 0], [5, 6, EOS_ID, 0], [5, 6, 7, 8]]
+    assert out.ended_with_eos.tolist() == [True, True, False]
+
+
 def test_policy_and_reference_agree_at_init_and_only_policy_value_train(tiny_ppo_dirs, batch):
     roles = build_roles(tiny_ppo_dirs)
     input_ids, attention_mask, start = batch
