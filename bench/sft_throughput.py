@@ -11,9 +11,12 @@ layers), on the same demo dialogues, with the same batch size and maximum length
   precision choice and trainer arguments (``build_trl_args``), fp32 adapters; ``lightalign-packed`` adds
   ``trainer.packing=true`` (padding-free rows);
 - ``trl``: ``SFTTrainer(model=folder, peft_config=..., quantization_config=...)`` on the same dialogues as
-  conversational prompt/completion rows, everything else at TRL's defaults (gradient checkpointing, bf16 autocast,
-  its own tokenisation and collator). On a CPU TRL refuses to start at its defaults (bf16 "needs a GPU"), so it
-  gets ``use_cpu=True`` there, the one change it needs.
+  conversational prompt/completion rows, everything else at TRL's defaults (gradient checkpointing, bf16 on a
+  GPU, its own tokenisation and collator). On a CPU TRL refuses to start at its defaults (its bf16 default "needs
+  a GPU"); it gets ``use_cpu=True, bf16=False`` there, and its 4-bit layers compute in the dtype
+  ``resolve_precision`` picks: with ``use_cpu=True`` alone it would train under bf16 autocast, which a CPU
+  without native bf16 (AVX2) emulates at ~1/50 of its fp32 matmul speed; that would measure the emulation,
+  not the pipelines.
 
 Each variant runs in its own process (its peak memory is its own), alternating over ``--rounds``; the first
 ``--warmup`` steps are not timed. Tokens/second counts real (non-padding) tokens. A last process checks that
@@ -99,19 +102,22 @@ def build_trl_trainer(args: argparse.Namespace, out: Path, *, callbacks: list, m
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from lightalign.models import LoraSettings, Quantization, resolve_model_path
+    from lightalign.models import LoraSettings, Quantization, resolve_model_path, resolve_precision
 
     lora = LoraSettings()
     rows = [{"prompt": e.messages[:-1], "completion": e.messages[-1:]} for e in _examples(args)]
+    cpu = not torch.cuda.is_available()
+    # On a CPU, TRL's bf16 default refuses to start; fp32 is its fastest working choice there (module docstring).
+    cpu_args = {"use_cpu": True, "bf16": False} if cpu else {}
     config = SFTConfig(output_dir=str(out), max_steps=args.warmup + args.steps,
                        per_device_train_batch_size=args.batch_size, max_length=args.max_length,
-                       save_strategy="no", report_to=[], disable_tqdm=True,
-                       use_cpu=not torch.cuda.is_available())  # TRL's bf16 default refuses to start on a CPU
+                       save_strategy="no", report_to=[], disable_tqdm=True, **cpu_args)
+    compute_dtype = resolve_precision("auto").compute_dtype if cpu else torch.bfloat16  # TRL's QLoRA recipe: bf16
     return SFTTrainer(
         model=model if model is not None else resolve_model_path(args.model),
         args=config,
         train_dataset=Dataset.from_list(rows),
-        quantization_config=None if model is not None else Quantization().to_bnb_config(torch.bfloat16),
+        quantization_config=None if model is not None else Quantization().to_bnb_config(compute_dtype),
         peft_config=None if model is not None else LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules="all-linear",
             task_type="CAUSAL_LM"),
