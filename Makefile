@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lightalign run sft
+	$(BIN)/lightalign run full
 
 test: $(STAMP)
 	$(BIN)/ruff check .

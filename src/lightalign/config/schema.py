@@ -13,10 +13,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from lightalign.errors import ConfigError
 from lightalign.models.adapters import LoraSettings
 from lightalign.models.loading import Quantization
 from lightalign.ppo.settings import PPOSettings
 from lightalign.training import TrainerSettings
+
+VALUE_INITS = ("auto", "reward", "fresh")  # ppo.value_init
 
 
 @dataclass
@@ -51,7 +54,9 @@ class EvalSettings:
     every_n_steps: int = 0  # 0 = only at the end
     num_prompts: int = 32
     max_new_tokens: int = 48
-    batch_size: int = 8
+    # One generate call for all 32 prompts: on a CPU a 4-bit decoding step costs about the same for 1 row as
+    # for 32 (dequantising the weights dominates); measured 28 s vs 75 s at 8 (SmolLM2-135M, 2 cores).
+    batch_size: int = 32
     evaluate_base: bool = True  # also score the model before training (base_* metrics)
     # (prompts, answers) -> scores; any callable named by _target_, e.g. lightalign.demo.GoldJudge
     judge: Any = None
@@ -130,6 +135,11 @@ class PPOOptions(PPOSettings):
     sft_adapter: str | None = None  # SFT run dir or adapter folder: the policy starts here, the reference is it
     reward_model: str | None = None  # a reward stage's run dir
     value_init: str = "auto"  # auto (reward if there is a reward model, else fresh) | reward | fresh
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.value_init not in VALUE_INITS:
+            raise ConfigError(f"ppo.value_init={self.value_init!r} is not one of {', '.join(VALUE_INITS)}")
 
 
 @dataclass

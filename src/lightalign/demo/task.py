@@ -225,6 +225,15 @@ def _all_prompts(rng: random.Random) -> dict[str, list[str]]:
     return families
 
 
+# Boilerplate that real assistants append; the judge's conciseness term makes it cost.
+CHATTER = (
+    "I hope this helps! Let me know if you have any other questions.",
+    "Is there anything else I can help you with?",
+    "Feel free to ask if you need more help.",
+)
+SFT_VERBOSE, SFT_CHATTY = 0.3, 0.3  # fractions of SFT answers that are a full sentence / end with chatter
+
+
 def _take(pools: dict[str, list[str]], n: int) -> list[str]:
     """Take ``n`` prompts round-robin over the families (so each split is balanced), removing them."""
     out: list[str] = []
@@ -246,9 +255,9 @@ def _candidates(q: Question, rng: random.Random) -> list[str]:
     return [
         f"{a}.",
         q.verbose(),
-        a.lower(),
         f"{a}. {a}. {a}.",
-        f"{a}. I hope this helps! Let me know if you have any other questions.",
+        f"{a}. {CHATTER[0]}",
+        f"{q.verbose()} {CHATTER[1]}",
         f"{wrong}.",
         q.verbose(wrong),
         f"{wrong} or {a}.",
@@ -262,8 +271,10 @@ def generate_demo(
 
     Held-out prompts and eval dialogues are disjoint from each other and from everything else; SFT
     dialogues and ranking prompts are drawn independently from the rest (they may share prompts, as
-    each feeds a different stage). 30% of SFT answers are correct but verbose, like real demonstrations,
-    so SFT teaches conciseness only partly.
+    each feeds a different stage). SFT answers are all correct, but like real demonstrations only some are
+    concise: 30% are a full sentence and 30% end with chatty boilerplate (``SFT_VERBOSE``, ``SFT_CHATTY``), so
+    SFT teaches the task and only part of the form; the rankings then reward conciseness, which is what
+    reward modelling, PPO and DPO can add on top of SFT.
 
     Args:
         out_dir: Folder to write into (created if missing).
@@ -280,7 +291,7 @@ def generate_demo(
     """
     from lightalign.demo.judge import gold_judge  # the judge imports this module
 
-    if not 2 <= k <= 6:  # the 8 answers of _candidates always have at least 7 distinct scores
+    if not 2 <= k <= 6:  # the 8 answers of _candidates have at least 6 distinct scores
         raise ValueError(f"k must be between 2 and 6, got {k}")
     rng = random.Random(seed)
     pools = _all_prompts(rng)
@@ -291,7 +302,13 @@ def generate_demo(
 
     def dialogue(prompt: str) -> dict:
         q = parse_question(prompt)
-        answer = q.verbose() if rng.random() < 0.3 else f"{q.answer}."
+        draw = rng.random()
+        if draw < SFT_VERBOSE:
+            answer = q.verbose()
+        elif draw < SFT_VERBOSE + SFT_CHATTY:
+            answer = f"{q.answer}. {rng.choice(CHATTER)}"
+        else:
+            answer = f"{q.answer}."
         return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
 
     rankings, pairs = [], []
@@ -330,10 +347,10 @@ def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]
     """Generate the demo data set once (into a temporary folder renamed when complete) and return its paths.
 
     Args:
-        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v1-seed{seed}``.
+        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v2-seed{seed}``.
         seed: Seed passed to :func:`generate_demo`.
     """
-    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v1-seed{seed}"
+    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v2-seed{seed}"
     names = ("sft", "eval", "prompts", "rankings", "pairs")
     if not root.is_dir():
         root.parent.mkdir(parents=True, exist_ok=True)

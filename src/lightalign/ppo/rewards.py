@@ -29,8 +29,7 @@ from lightalign.data.types import Message, PromptOnly
 from lightalign.errors import ConfigError, NonFiniteLossError
 from lightalign.models.reference import resolve_adapter_dir
 from lightalign.ppo.roles import SharedBaseRoles
-from lightalign.reward_model import as_messages
-from lightalign.rundir import CONFIG
+from lightalign.reward_model import as_messages, read_reward_stage
 
 RewardFn = Callable[[list[Any], list[str]], list[float]]
 
@@ -42,13 +41,8 @@ def resolve_reward_stage(path: str | Path, *, expected_base: str) -> tuple[Path,
         ConfigError: ``path`` is not a reward stage's output, or it was trained on another base model (its
             adapter would run on this base).
     """
-    adapter_dir = resolve_adapter_dir(path, expected_base=expected_base)
-    config_path = adapter_dir.parent / CONFIG
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path} is missing: ppo.reward_model must name a reward stage's run directory")
-    cfg = OmegaConf.load(config_path)
-    if cfg.get("stage") != "reward":
-        raise ConfigError(f"ppo.reward_model={path} is a {cfg.get('stage')!r} stage, not a reward stage")
+    adapter_dir = resolve_adapter_dir(path, expected_base=expected_base)  # checks the manifest's base
+    adapter_dir, cfg = read_reward_stage(adapter_dir)
     trained_on = OmegaConf.select(cfg, "model.name_or_path")
     if trained_on != expected_base:
         raise ConfigError(f"the reward model in {path} was trained on {trained_on!r}, not model.name_or_path="
