@@ -12,7 +12,8 @@ against the base (lightalign.models.reference); resume from the last checkpoint 
 
 Writes DIR/adapter/ (the policy adapter), DIR/metrics.json (implicit_reward_* on held-out pairs, gold_score; with
 ``dpo.reward_model`` rm_score; win_rate_{gold,rm} against the reference's answers to the same prompts, whose own
-scores are sft_* (base_* without an SFT adapter)), DIR/samples.jsonl, DIR/sft_samples.jsonl, DIR/logs/.
+scores are sft_* (base_* without an SFT adapter); kl_to_sft, the policy's KL to the reference on its own sampled
+answers, as PPO reports it (kl_to_base without an SFT adapter)), DIR/samples.jsonl, DIR/sft_samples.jsonl, DIR/logs/.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lightalign.eval import (
     SampleAnswers,
     run_eval_hooks,
 )
+from lightalign.eval.kl import ReferenceKL
 from lightalign.models import load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.reference import POLICY_ADAPTER, load_policy, resolve_adapter_dir, set_up_reference
 from lightalign.reward_model import RewardModel
@@ -105,6 +107,9 @@ def main(cfg: DictConfig) -> None:
                                 batch_size=run.eval.batch_size)
         # the reference's answers to the same prompts (sft_* metrics) and the policy's win rate against them
         hooks.append(ReferenceWinRate(samples, reference_name=reference) if run.eval.evaluate_base else samples)
+        # how far the policy has moved from the reference: the same kl_to_sft as PPO reports
+        hooks.append(ReferenceKL(prompts, reference_name=reference, max_new_tokens=run.eval.max_new_tokens,
+                                 batch_size=run.eval.batch_size))
 
     # ---- train -----------------------------------------------------------------------------------------
     args = build_trl_args(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import AbstractContextManager
 
 import hydra
 import torch
@@ -38,7 +37,7 @@ from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError, report_errors
-from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks
+from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks, untouched_rng
 from lightalign.eval.kl import ReferenceKL
 from lightalign.models import load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.adapters import build_lora_config, is_quantized
@@ -64,11 +63,6 @@ from lightalign.training import find_resume_checkpoint
 register_configs()
 
 
-def untouched_rng() -> AbstractContextManager:
-    """Evaluation samples too; it must not shift the training RNG, or a resumed run would diverge."""
-    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())))
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="ppo")
 @report_errors
 def main(cfg: DictConfig) -> None:
@@ -84,8 +78,6 @@ def main(cfg: DictConfig) -> None:
     if bool(ppo.reward_model) == bool(reward_target):
         raise ConfigError("set exactly one reward: ppo.reward_model=REWARD_RUN_DIR (a reward stage) or a callable "
                           "with reward=gold_judge / reward._target_=pkg.fn")
-    if ppo.value_init not in ("auto", "reward", "fresh"):
-        raise ConfigError(f"ppo.value_init={ppo.value_init!r} is not one of auto, reward, fresh")
     minibatch = trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
     if ppo.batch_size % minibatch:
         raise ConfigError(f"ppo.batch_size={ppo.batch_size} must be a multiple of trainer.per_device_train_batch_size"

@@ -43,3 +43,17 @@ def test_bad_configs_fail_in_one_line(capsys, overrides, expected):
     captured = capsys.readouterr()
     assert expected in captured.err and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err and "valid ----" not in captured.out
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("ppo.kl_estimator=k9", "ppo.kl_estimator='k9' is not one of k1, k3"),
+        ("ppo.value_init=bogus", "ppo.value_init='bogus' is not one of auto, reward, fresh"),
+    ],
+)
+def test_bad_ppo_choices_fail_before_any_model_loads(capsys, override, expected):
+    assert cli(["validate", "ppo", override]) == 2
+    captured = capsys.readouterr()
+    assert expected in captured.err and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err and "valid ----" not in captured.out

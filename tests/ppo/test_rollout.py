@@ -54,8 +54,14 @@ def test_prompt_sampler_covers_every_prompt_per_pass_and_resumes():
     resumed = PromptSampler(num_prompts=5, batch_size=2, seed=3)
     resumed.load_state_dict(state)
     assert [resumed.next_batch() for _ in range(3)] == expected
-    with pytest.raises(ValueError, match="same data"):
+
+
+def test_prompt_sampler_refuses_a_checkpoint_of_other_data_in_one_line():
+    state = PromptSampler(num_prompts=5, batch_size=2, seed=3).state_dict()
+    with pytest.raises(ConfigError, match="sampled from 5 prompts, this run has 6") as error:
         PromptSampler(num_prompts=6, batch_size=2, seed=3).load_state_dict(state)
+    message = str(error.value)
+    assert "same data" in message and "hydra.run.dir" in message and "\n" not in message
 
 
 def test_decode_answers_drops_the_stop_token_and_padding(tiny_tokenizer):

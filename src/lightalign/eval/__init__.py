@@ -8,6 +8,7 @@ from lightalign.eval.hooks import (
     HeldOutLoss,
     SampleAnswers,
     run_eval_hooks,
+    untouched_rng,
 )
 from lightalign.eval.preference import ImplicitRewardAccuracy, PairwiseAccuracy, ReferenceWinRate
 
@@ -23,4 +24,5 @@ __all__ = [
     "SampleAnswers",
     "generate_answers",
     "run_eval_hooks",
+    "untouched_rng",
 ]

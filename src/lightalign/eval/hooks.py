@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +52,15 @@ def run_eval_hooks(hooks: Sequence[EvalHook], ctx: EvalContext) -> dict[str, flo
         for key, value in hook(ctx).items():
             metrics[ctx.prefix + key] = float(value)
     return metrics
+
+
+def untouched_rng() -> AbstractContextManager:
+    """A block whose random draws leave the global torch RNGs (CPU and every GPU) as they were.
+
+    Some hooks sample (:class:`lightalign.eval.kl.ReferenceKL`); run mid-training they must not shift the
+    training RNG, or evaluating would change what is trained and a resumed run would diverge.
+    """
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())))
 
 
 @dataclass
@@ -148,7 +158,8 @@ class EvalHookCallback(TrainerCallback):
             return control
         ctx = EvalContext(model, self.tokenizer, self.output_dir / "evals" / f"step-{state.global_step}",
                           step=state.global_step)
-        metrics = {f"eval/{k}": v for k, v in run_eval_hooks(self.hooks, ctx).items()}
+        with untouched_rng():
+            metrics = {f"eval/{k}": v for k, v in run_eval_hooks(self.hooks, ctx).items()}
         state.log_history.append({**metrics, "step": state.global_step})
         if self.log:
             self.log(metrics)

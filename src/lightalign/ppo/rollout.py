@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
+from lightalign.errors import ConfigError
 from lightalign.eval.generation import stop_token_ids
 from lightalign.ppo.advantages import (
     gae_advantages,
@@ -75,9 +76,16 @@ class PromptSampler:
         return {"epoch": self.epoch, "position": self.position, "num_prompts": self.num_prompts}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue where ``state`` left off.
+
+        Raises:
+            ConfigError: the checkpoint sampled from another number of prompts (the data changed), so its
+                position would point at other prompts than the ones it had reached.
+        """
         if state["num_prompts"] != self.num_prompts:
-            raise ValueError(f"the checkpoint sampled from {state['num_prompts']} prompts, this run has "
-                             f"{self.num_prompts}: resume with the same data")
+            raise ConfigError(f"cannot resume: the checkpoint sampled from {state['num_prompts']} prompts, this run "
+                              f"has {self.num_prompts}; resume with the same data (data.train, data.limit, "
+                              f"data.max_length), or start afresh with a new hydra.run.dir")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 

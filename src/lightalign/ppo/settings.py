@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightalign.errors import ConfigError
+
+KL_ESTIMATORS = ("k1", "k3")
+
 
 @dataclass
 class PPOSettings:
@@ -36,3 +40,8 @@ class PPOSettings:
     clip_range_value: float = 0.2  # value clip, in reward units
     vf_coef: float = 0.1  # weight of the value loss
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus
+
+    def __post_init__(self) -> None:
+        # OmegaConf.to_object builds this dataclass, so a bad choice fails at compose time, not after model load.
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ConfigError(f"ppo.kl_estimator={self.kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
