@@ -231,7 +231,9 @@ CHATTER = (
     "Is there anything else I can help you with?",
     "Feel free to ask if you need more help.",
 )
-SFT_VERBOSE, SFT_CHATTY = 0.3, 0.3  # fractions of SFT answers that are a full sentence / end with chatter
+# Fractions of SFT answers that are a full sentence / end with chatter. Chatter is the most common single
+# form, so the SFT model's greedy answers keep it: the preference stages have something to remove.
+SFT_VERBOSE, SFT_CHATTY = 0.2, 0.5
 
 
 def _take(pools: dict[str, list[str]], n: int) -> list[str]:
@@ -259,6 +261,7 @@ def _candidates(q: Question, rng: random.Random) -> list[str]:
         f"{a}. {CHATTER[0]}",
         f"{q.verbose()} {CHATTER[1]}",
         f"{wrong}.",
+        f"{wrong}. {CHATTER[0]}",  # chatter costs a wrong answer too: it is the form, not the content, that ranks
         q.verbose(wrong),
         f"{wrong} or {a}.",
     ]
@@ -272,7 +275,7 @@ def generate_demo(
     Held-out prompts and eval dialogues are disjoint from each other and from everything else; SFT
     dialogues and ranking prompts are drawn independently from the rest (they may share prompts, as
     each feeds a different stage). SFT answers are all correct, but like real demonstrations only some are
-    concise: 30% are a full sentence and 30% end with chatty boilerplate (``SFT_VERBOSE``, ``SFT_CHATTY``), so
+    concise: 20% are a full sentence and 50% end with chatty boilerplate (``SFT_VERBOSE``, ``SFT_CHATTY``), so
     SFT teaches the task and only part of the form; the rankings then reward conciseness, which is what
     reward modelling, PPO and DPO can add on top of SFT.
 
@@ -291,7 +294,7 @@ def generate_demo(
     """
     from lightalign.demo.judge import gold_judge  # the judge imports this module
 
-    if not 2 <= k <= 6:  # the 8 answers of _candidates have at least 6 distinct scores
+    if not 2 <= k <= 6:  # the 9 answers of _candidates have at least 6 distinct scores
         raise ValueError(f"k must be between 2 and 6, got {k}")
     rng = random.Random(seed)
     pools = _all_prompts(rng)
@@ -306,7 +309,7 @@ def generate_demo(
         if draw < SFT_VERBOSE:
             answer = q.verbose()
         elif draw < SFT_VERBOSE + SFT_CHATTY:
-            answer = f"{q.answer}. {rng.choice(CHATTER)}"
+            answer = f"{q.answer}. {CHATTER[0]}"  # one habit, as one labeler's would be
         else:
             answer = f"{q.answer}."
         return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
@@ -347,10 +350,10 @@ def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]
     """Generate the demo data set once (into a temporary folder renamed when complete) and return its paths.
 
     Args:
-        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v2-seed{seed}``.
+        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v4-seed{seed}``.
         seed: Seed passed to :func:`generate_demo`.
     """
-    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v2-seed{seed}"
+    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v4-seed{seed}"
     names = ("sft", "eval", "prompts", "rankings", "pairs")
     if not root.is_dir():
         root.parent.mkdir(parents=True, exist_ok=True)
