@@ -176,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
                          "MFU vs fp32 peak"], rows)
     print(f"\nmatmul peak (median): bf16 {statistics.median(p['peak_bfloat16_flops'] for p in peaks) / 1e9:.1f} "
           f"GFLOP/s, fp32 {statistics.median(p['peak_float32_flops'] for p in peaks) / 1e9:.1f} GFLOP/s")
-    sft_mfu = max(statistics.median(r["mfu_bf16"] for r in per_stage[stage]) for stage in ("sft", "sft-packed"))
-    print(f"target: SFT MFU >= {TARGET_SFT_MFU:.0%} of the bf16 peak: {sft_mfu:.1%} -> "
-          f"{'met' if sft_mfu >= TARGET_SFT_MFU else 'missed'}")
+    # Against the faster of the two peaks: where bf16 is emulated (CPUs without native bf16) its peak is far
+    # below fp32's and an MFU "against bf16" over 100% would claim a target met on a meaningless ratio.
+    fastest = "mfu_bf16" if statistics.median(p["peak_bfloat16_flops"] for p in peaks) >= statistics.median(
+        p["peak_float32_flops"] for p in peaks) else "mfu_fp32"
+    sft_mfu = max(statistics.median(r[fastest] for r in per_stage[stage]) for stage in ("sft", "sft-packed"))
+    print(f"target: SFT MFU >= {TARGET_SFT_MFU:.0%} of the machine's fastest matmul peak "
+          f"({fastest.removeprefix('mfu_')}): {sft_mfu:.1%} -> {'met' if sft_mfu >= TARGET_SFT_MFU else 'missed'}")
     return 0
 
 

@@ -9,7 +9,8 @@ layers), on the same demo dialogues, with the same batch size and maximum length
 
 - ``lightalign``: what ``recipes/sft.py`` runs: our tokenisation (completion-only labels) and collator, our
   precision choice and trainer arguments (``build_trl_args``), fp32 adapters; ``lightalign-packed`` adds
-  ``trainer.packing=true`` (padding-free rows);
+  ``trainer.packing=true`` (padding-free rows); ``lightalign-gc`` adds ``trainer.gradient_checkpointing=true``
+  (TRL's default: activations recomputed in the backward pass, for memory);
 - ``trl``: ``SFTTrainer(model=folder, peft_config=..., quantization_config=...)`` on the same dialogues as
   conversational prompt/completion rows, everything else at TRL's defaults (gradient checkpointing, bf16 on a
   GPU, its own tokenisation and collator). On a CPU TRL refuses to start at its defaults (its bf16 default "needs
@@ -34,7 +35,7 @@ from pathlib import Path
 import harness
 
 HERE = Path(__file__).resolve()
-VARIANTS = ("lightalign", "lightalign-packed", "trl")
+VARIANTS = ("lightalign", "lightalign-packed", "lightalign-gc", "trl")
 TARGET_SPEED, TARGET_MEMORY = 1.5, 1.0
 
 
@@ -60,7 +61,8 @@ def _examples(args: argparse.Namespace) -> list:
     return load_lm_examples(args.data, limit=args.batch_size * (args.warmup + args.steps))
 
 
-def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bool, callbacks: list):
+def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bool, callbacks: list,
+                             gradient_checkpointing: bool = False):
     """The SFT recipe's set-up (recipes/sft.py), minus evaluation and saving."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -82,9 +84,10 @@ def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bo
     tokenizer = load_tokenizer(args.model)
     rows, _ = tokenize_lm_examples(tokenizer, _examples(args), max_length=args.max_length)
     model = load_base_model(args.model, Quantization(), compute_dtype=precision.compute_dtype)
-    model = apply_lora(model, LoraSettings())
+    model = apply_lora(model, LoraSettings(), gradient_checkpointing=gradient_checkpointing)
     settings = TrainerSettings(max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
-                               logging_steps=5, save_steps=10**9, packing=packing)
+                               logging_steps=5, save_steps=10**9, packing=packing,
+                               gradient_checkpointing=gradient_checkpointing)
     trl_args = build_trl_args(SFTConfig, settings, out, precision, dataset_kwargs={"skip_prepare_dataset": True},
                               max_length=None, packing=False, include_num_input_tokens_seen="non_padding",
                               save_strategy="no", disable_tqdm=True)
@@ -135,7 +138,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         if variant == "trl":
             trainer = build_trl_trainer(args, Path(tmp), callbacks=[timer])
         else:
-            trainer = build_lightalign_trainer(args, Path(tmp), packing=variant.endswith("packed"), callbacks=[timer])
+            trainer = build_lightalign_trainer(args, Path(tmp), packing=variant.endswith("packed"), callbacks=[timer],
+                                               gradient_checkpointing=variant.endswith("-gc"))
         counter = harness.CountingCollator(trainer.data_collator)
         trainer.data_collator = counter  # the dataloader is built in train(), from this attribute
         trainer.train()
@@ -227,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsame batch, same model: TRL loss {check['loss_trl']:.6f}, lightalign {check['loss_lightalign']:.6f}, "
           f"lightalign packed {check['loss_lightalign_packed']:.6f}; identical input_ids {check['same_input_ids']}, "
           f"labels {check['same_labels']}")
-    best = max(rows[:2], key=lambda r: r[2])
-    met = best[2] >= TARGET_SPEED and best[4] <= TARGET_MEMORY
+    # the target is met if one lightalign setting is both fast enough and small enough
+    meeting = [r for r in rows[:3] if r[2] >= TARGET_SPEED and r[4] <= TARGET_MEMORY]
+    best = meeting[0] if meeting else max(rows[:3], key=lambda r: r[2])
+    met = bool(meeting)
     print(f"target >= {TARGET_SPEED}x TRL tokens/s at <= {TARGET_MEMORY}x its peak memory: {best[0]} "
           f"{best[2]:.2f}x at {best[4]:.2f}x -> {'met' if met else 'missed'}")
     print(json.dumps({"results": results, "check": check}), file=sys.stderr)
