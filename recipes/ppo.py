@@ -231,11 +231,13 @@ def main(cfg: DictConfig) -> None:
             metrics.update(run_eval_hooks(hooks, EvalContext(roles.activate_policy(), tokenizer, out, step=total)))
     logged = [r for r in read_log(out / LOG) if r.get("stage") == run.stage and "score" in r]
     if logged:
-        first, last = logged[: min(5, len(logged))], logged[-min(5, len(logged)) :]
+        # up to five updates from each end, never overlapping (a short run compares its halves)
+        window = max(1, min(5, len(logged) // 2))
+        first, last = logged[:window], logged[-window:]
         metrics.update({
             "train_updates": len(logged),
-            "train_score_first": sum(r["score"] for r in first) / len(first),  # mean of the first five updates
-            "train_score_last": sum(r["score"] for r in last) / len(last),  # ... and of the last five
+            "train_score_first": sum(r["score"] for r in first) / len(first),  # mean of the first updates
+            "train_score_last": sum(r["score"] for r in last) / len(last),  # ... and of the last ones
             "train_kl_last": sum(r["kl"] for r in last) / len(last),
             "train_runtime_s": sum(r["update_seconds"] for r in logged),
             "train_tokens_per_second": sum(r["tokens_per_second"] for r in logged) / len(logged),
