@@ -55,13 +55,14 @@ def as_messages(prompt: Prompt) -> list[Message]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
-def read_reward_stage(path: str | Path) -> tuple[Path, DictConfig]:
+def read_reward_stage(path: str | Path, *, expected_base: str | None = None) -> tuple[Path, DictConfig]:
     """The adapter folder (LoRA + score head) and the training config of a reward stage's output.
 
     Raises:
-        ConfigError: ``path`` holds no adapter, no ``config.yaml``, or is another stage's output.
+        ConfigError: ``path`` holds no adapter, no ``config.yaml``, or is another stage's output; or its
+            manifest names another base model than ``expected_base``.
     """
-    adapter_dir = resolve_adapter_dir(path)
+    adapter_dir = resolve_adapter_dir(path, expected_base=expected_base)
     config_path = adapter_dir.parent / CONFIG
     if not config_path.is_file():
         raise ConfigError(f"{config_path} is missing: pass the run directory of a reward stage")

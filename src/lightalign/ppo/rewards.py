@@ -27,7 +27,6 @@ from lightalign.data.formats import prompt_text
 from lightalign.data.tokenize import encode_exchange, keep_last
 from lightalign.data.types import Message, PromptOnly
 from lightalign.errors import ConfigError, NonFiniteLossError
-from lightalign.models.reference import resolve_adapter_dir
 from lightalign.ppo.roles import SharedBaseRoles
 from lightalign.reward_model import as_messages, read_reward_stage
 
@@ -41,8 +40,7 @@ def resolve_reward_stage(path: str | Path, *, expected_base: str) -> tuple[Path,
         ConfigError: ``path`` is not a reward stage's output, or it was trained on another base model (its
             adapter would run on this base).
     """
-    adapter_dir = resolve_adapter_dir(path, expected_base=expected_base)  # checks the manifest's base
-    adapter_dir, cfg = read_reward_stage(adapter_dir)
+    adapter_dir, cfg = read_reward_stage(path, expected_base=expected_base)  # checks the manifest's base
     trained_on = OmegaConf.select(cfg, "model.name_or_path")
     if trained_on != expected_base:
         raise ConfigError(f"the reward model in {path} was trained on {trained_on!r}, not model.name_or_path="
