@@ -40,7 +40,7 @@ from lightalign.eval.kl import ReferenceKL
 from lightalign.models import load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.reference import POLICY_ADAPTER, load_policy, resolve_adapter_dir, set_up_reference
 from lightalign.reward_model import RewardModel
-from lightalign.rundir import ADAPTER, LOG, write_manifest, write_metrics
+from lightalign.rundir import ADAPTER, LOG, stage_samples, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
 from lightalign.trainers import TokenizedDPOTrainer, check_dpo_loss_type
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
@@ -106,7 +106,10 @@ def main(cfg: DictConfig) -> None:
         samples = SampleAnswers(prompts, scorers, max_new_tokens=run.eval.max_new_tokens,
                                 batch_size=run.eval.batch_size)
         # the reference's answers to the same prompts (sft_* metrics) and the policy's win rate against them
-        hooks.append(ReferenceWinRate(samples, reference_name=reference) if run.eval.evaluate_base else samples)
+        # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
+        reference_samples = stage_samples(sft_adapter) if sft_adapter else None
+        hooks.append(ReferenceWinRate(samples, reference_name=reference, reference_samples=reference_samples)
+                     if run.eval.evaluate_base else samples)
         # how far the policy has moved from the reference: the same kl_to_sft as PPO reports
         hooks.append(ReferenceKL(prompts, reference_name=reference, max_new_tokens=run.eval.max_new_tokens,
                                  batch_size=run.eval.batch_size))

@@ -53,6 +53,7 @@ from lightalign.rundir import (
     LOG,
     append_log,
     read_log,
+    stage_samples,
     trim_log,
     write_manifest,
     write_metrics,
@@ -150,7 +151,10 @@ def main(cfg: DictConfig) -> None:
     if eval_prompts:
         samples = SampleAnswers(eval_prompts, scorers, **generation)
         # with the reference's answers and scores too (what PPO started from) and the win rates against them
-        hooks.append(ReferenceWinRate(samples, reference_name) if run.eval.evaluate_base else samples)
+        # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
+        reference_samples = stage_samples(sft_dir) if sft_dir else None
+        hooks.append(ReferenceWinRate(samples, reference_name, reference_samples=reference_samples)
+                     if run.eval.evaluate_base else samples)
         hooks.append(ReferenceKL(eval_prompts, reference_name=reference_name, temperature=ppo.temperature,
                                  **generation))
 

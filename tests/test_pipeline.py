@@ -8,7 +8,7 @@ import pytest
 
 from lightalign.cli import main as cli
 from lightalign.errors import ConfigError
-from lightalign.pipeline import load_stages, pipeline_names, route_overrides
+from lightalign.pipeline import load_stages, pipeline_names, route_overrides, run_pipeline
 from lightalign.report import COLUMNS, build_report
 
 KEYS = {
@@ -88,3 +88,24 @@ def test_report_rebuilds_from_a_run_directory(tmp_path):
     assert report.rows["sft"]["rm_score"] == 1.5  # filled in from the DPO stage's view of SFT
     assert "| base | 0.300 |" in report.path.read_text()
     assert cli(["report", str(tmp_path)]) == 0
+
+
+@pytest.mark.slow
+def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    quick = ["model=tiny-random", "trainer.max_steps=2", "eval.num_prompts=2", "eval.max_new_tokens=8",
+             f"hydra.run.dir={run_dir}", "stages=[sft,reward]", "jobs=2"]
+    # sft and reward need nothing from each other: they run at once; the reward stage fails on its data
+    assert cli(["run", "full", *quick, f"reward.data.train={tmp_path / 'missing.jsonl'}"]) != 0
+    err = capsys.readouterr().err
+    assert "reward failed; the end of" in err and "missing.jsonl" in err  # the stage's own error, shown
+    state = _state(run_dir)
+    assert state["sft"]["status"] == "done" and state["reward"]["status"] == "running"
+    assert (run_dir / "sft" / "output.log").is_file() and (run_dir / "reward" / "output.log").is_file()
+
+    assert cli(["run", "full", *quick]) == 0  # fixed: the finished SFT stage is kept
+    assert _state(run_dir)["sft"] == state["sft"] and _state(run_dir)["reward"]["status"] == "done"
+    assert "sft: finished with the same config, skipped" in capsys.readouterr().out
+
+    with pytest.raises(ConfigError, match="jobs=0"):
+        run_pipeline("full", ["model=tiny-random", "jobs=0"], tmp_path / "other")

@@ -6,7 +6,9 @@ A pipeline (``conf/pipeline/<name>.yaml``) is a list of stages. ``lightalign run
   ``trainer.max_steps=2`` reaches every stage that has the key, ``ppo.trainer.max_steps=50`` only the
   ``ppo`` stage, ``dpo.beta=0.2`` the stage(s) with a ``dpo`` node;
 - runs each stage in its own process (``python recipes/<stage>.py``) into ``DIR/<stage>/``: memory
-  is returned to the system between stages, and a crash in one stage cannot corrupt another;
+  is returned to the system between stages, and a crash in one stage cannot corrupt another; stages that
+  do not need each other's output run side by side (``jobs``, :func:`default_jobs`: on a CPU, sft with
+  reward, then ppo with dpo);
 - hands off by stage name (:data:`HANDOFF`): e.g. DPO gets ``dpo.sft_adapter=DIR/sft``;
 - resumes at stage level: a stage whose identity (its config hash + its upstream stages' identities)
   matches a finished run is skipped; an interrupted stage resumes from its own checkpoints; a stage
@@ -17,6 +19,7 @@ A pipeline (``conf/pipeline/<name>.yaml``) is a list of stages. ``lightalign run
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -140,46 +143,155 @@ def plan(stages: list[str], overrides: list[str], run_dir: Path) -> list[Planned
     return planned
 
 
+def default_jobs() -> int:
+    """How many independent stages run at once when ``jobs`` is not given.
+
+    With a GPU, one: every stage wants the GPU's memory to itself. On a CPU with two or more cores, two:
+    each stage gets half the cores, and the parts of a stage that one core runs anyway (imports, model
+    loading, tokenising, generation's per-token overhead) overlap with the other stage's work. Measured on
+    the 2-core CPU: SFT and the reward stage side by side took 335 s against 394 s one after the other.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return 2 if _cpu_count() >= 2 else 1
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pop_option(overrides: list[str], key: str) -> tuple[str | None, list[str]]:
+    """The value of a pipeline-level ``key=value`` (the last one wins) and the overrides without it."""
+    given = [o for o in overrides if o.startswith(f"{key}=")]
+    rest = [o for o in overrides if not o.startswith(f"{key}=")]
+    return (given[-1].split("=", 1)[1] if given else None), rest
+
+
+def _parse_jobs(value: str | None) -> int:
+    if value is None or value == "auto":
+        return default_jobs()
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"jobs={value}: give a number of stages to run at once (1, 2 ...) or auto")
+    return int(value)
+
+
+@dataclass
+class _Running:
+    step: PlannedStage
+    process: subprocess.Popen
+    started: float
+    log: Path | None  # the stage's output, when it shares the terminal with another stage
+
+
 def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = None) -> Path:
-    """Run (or resume) a pipeline into ``run_dir``; returns the directory holding the report."""
+    """Run (or resume) a pipeline into ``run_dir``; returns the directory holding the report.
+
+    Stages start as soon as the stages handed to them have finished, at most ``jobs`` at once
+    (:func:`default_jobs`); each gets an equal share of the CPU cores (``OMP_NUM_THREADS``) unless the
+    environment sets it.
+    """
     stages = load_stages(pipeline)
     passthrough = [o for o in overrides if not o.startswith("hydra.run.dir=")]
-    stage_list = [o for o in passthrough if o.startswith("stages=")]
+    stage_list, passthrough = _pop_option(passthrough, "stages")
     if stage_list:  # `stages=[sft,dpo]` edits the list
-        stages = [s.strip() for s in stage_list[-1].split("=", 1)[1].strip("[]").split(",") if s.strip()]
-        passthrough = [o for o in passthrough if not o.startswith("stages=")]
+        stages = [s.strip() for s in stage_list.strip("[]").split(",") if s.strip()]
+    jobs_value, passthrough = _pop_option(passthrough, "jobs")
     if run_dir is None:
         run_dir = Path("outputs") / pipeline / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_dir = run_dir.resolve()
     planned = plan(stages, passthrough, run_dir)
+    jobs = _parse_jobs(jobs_value)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / STATE_FILE
     state = read_json(state_path) or {"pipeline": pipeline, "stages": {}}
+
+    finished: set[str] = set()
+    waiting: list[PlannedStage] = []
     for step in planned:
-        stage_dir = run_dir / step.name
         record = state["stages"].get(step.name)
         same = record is not None and record["identity"] == step.identity
-        if same and record["status"] == "done" and read_manifest(stage_dir):
+        if same and record["status"] == "done" and read_manifest(run_dir / step.name):
             print(f"lightalign: {step.name}: finished with the same config, skipped")
-            continue
-        if stage_dir.exists() and not same:
-            # its config or an upstream stage changed: its checkpoints describe another run
-            shutil.rmtree(stage_dir)
-        state["stages"][step.name] = {"identity": step.identity, "status": "running", "upstream": step.upstream}
-        write_json_atomic(state_path, state)
-        recipe, config_name = STAGE_RECIPES[step.name]
-        command = [sys.executable, str(recipes_dir() / recipe), "--config-name", config_name,
-                   *step.overrides, f"hydra.run.dir={stage_dir}"]
-        print(f"lightalign: {pipeline}: running {step.name} -> {stage_dir}", flush=True)
-        started = time.time()
-        code = subprocess.call(command)
+            finished.add(step.name)
+        else:
+            waiting.append(step)
+
+    running: dict[str, _Running] = {}
+    failures: list[str] = []
+    while waiting or running:
+        ready = [s for s in waiting if all(up in finished for up in s.upstream)] if not failures else []
+        ready = ready[: max(jobs - len(running), 0)]
+        side_by_side = len(running) + len(ready) > 1
+        for step in ready:
+            waiting.remove(step)
+            threads = max(1, _cpu_count() // (len(running) + len(ready)))
+            running[step.name] = _start_stage(pipeline, step, run_dir, state, state_path,
+                                               share_terminal=side_by_side, threads=threads)
+        if not running:
+            break  # what is left waits on a failed stage
+        name, code = _wait_any(running)
+        job = running.pop(name)
         if code != 0:
-            raise StageFailed(f"stage {step.name} failed (exit {code}); fix it and re-run the same command to resume")
-        state["stages"][step.name].update(status="done", seconds=round(time.time() - started, 1))
+            failures.append(f"stage {name} failed (exit {code})")
+            if job.log is not None:
+                print(f"lightalign: {name} failed; the end of {job.log}:\n" + _tail(job.log), file=sys.stderr)
+            continue
+        seconds = round(time.time() - job.started, 1)
+        state["stages"][name].update(status="done", seconds=seconds)
         write_json_atomic(state_path, state)
+        finished.add(name)
+        if job.log is not None:
+            print(f"lightalign: {pipeline}: {name} finished in {seconds:.0f} s", flush=True)
+    if failures:
+        raise StageFailed("; ".join(failures) + "; fix it and re-run the same command to resume")
     from lightalign.report import build_report
 
     report = build_report(run_dir)
     print(report.table_markdown)
     print(f"lightalign: {pipeline} finished; report: {report.path}")
     return run_dir
+
+
+def _start_stage(pipeline: str, step: PlannedStage, run_dir: Path, state: dict, state_path: Path, *,
+                 share_terminal: bool, threads: int) -> _Running:
+    stage_dir = run_dir / step.name
+    record = state["stages"].get(step.name)
+    if stage_dir.exists() and (record is None or record["identity"] != step.identity):
+        # its config or an upstream stage changed: its checkpoints describe another run
+        shutil.rmtree(stage_dir)
+    state["stages"][step.name] = {"identity": step.identity, "status": "running", "upstream": step.upstream}
+    write_json_atomic(state_path, state)
+    recipe, config_name = STAGE_RECIPES[step.name]
+    command = [sys.executable, str(recipes_dir() / recipe), "--config-name", config_name,
+               *step.overrides, f"hydra.run.dir={stage_dir}"]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    log = None
+    if share_terminal:  # two progress bars would garble each other: each stage writes to its own file
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        log = stage_dir / "output.log"
+        print(f"lightalign: {pipeline}: running {step.name} -> {stage_dir} ({env['OMP_NUM_THREADS']} threads; "
+              f"output: {log})", flush=True)
+        with log.open("ab") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        print(f"lightalign: {pipeline}: running {step.name} -> {stage_dir}", flush=True)
+        process = subprocess.Popen(command, env=env)
+    return _Running(step, process, time.time(), log)
+
+
+def _wait_any(running: dict[str, _Running]) -> tuple[str, int]:
+    """Block until one running stage exits; its name and exit code."""
+    while True:
+        for name, job in running.items():
+            code = job.process.poll()
+            if code is not None:
+                return name, code
+        time.sleep(0.5)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")  # progress bars use \r
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])

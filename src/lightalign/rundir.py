@@ -65,6 +65,15 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def stage_samples(adapter_dir: Path) -> Path | None:
+    """The ``samples.jsonl`` of the finished stage whose ``adapter/`` is ``adapter_dir``: that adapter's own
+    final answers. ``None`` for an adapter folder outside a finished run directory."""
+    run_dir = adapter_dir.parent
+    if adapter_dir.name != ADAPTER or read_manifest(run_dir) is None or not (run_dir / SAMPLES).is_file():
+        return None
+    return run_dir / SAMPLES
+
+
 def append_log(path: Path, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
     """Append ``{"stage", "step", **metrics}`` as one line to a JSONL log (``DIR/logs/metrics.jsonl``)."""
     path.parent.mkdir(parents=True, exist_ok=True)

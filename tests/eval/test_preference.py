@@ -88,6 +88,23 @@ def test_completion_logprobs_count_answer_tokens_only(sft_policy, tiny_tokenizer
     assert len(chosen) == 2 and all(c < 0 for c in chosen)
 
 
+def test_completion_logprobs_score_each_distinct_answer_once(sft_policy, tiny_tokenizer):
+    # a ranking of 3 answers expands to 3 pairs over 3 distinct answers: 3 sequences scored, not 6
+    answers = ["Yes.", "Maybe so.", "x"]
+    pairs = [PreferencePair(PROMPT, answers[i], answers[j], "p:1") for i in range(3) for j in range(i + 1, 3)]
+    rows = tokenize_preference_pairs(tiny_tokenizer, pairs, max_length=128)[0]
+    seen = []
+    hook = sft_policy.register_forward_pre_hook(lambda _m, args, kwargs: seen.append(len(kwargs["input_ids"])),
+                                                with_kwargs=True)
+    try:
+        chosen, rejected = completion_logprobs(sft_policy, rows, tiny_tokenizer.pad_token_id, batch_size=8)
+    finally:
+        hook.remove()
+    assert seen == [3]
+    assert chosen[0] == chosen[1]  # "Yes." is the chosen answer of the first two pairs: one score
+    assert rejected[1] == rejected[2] and chosen[2] == rejected[0]
+
+
 def test_implicit_rewards_are_zero_at_step_zero_then_move(sft_policy, tiny_tokenizer, tmp_path):
     hook = ImplicitRewardAccuracy(_rows(tiny_tokenizer), beta=0.1, pad_token_id=tiny_tokenizer.pad_token_id)
     ctx = EvalContext(sft_policy, tiny_tokenizer, tmp_path)
@@ -142,3 +159,30 @@ def test_reference_win_rate_compares_with_the_reference_answers(tiny_model_dir, 
     assert hook(EvalContext(model, tiny_tokenizer, later, prefix="x_")) == metrics
     assert len(calls) == 3  # policy, reference, then the policy again: the reference answers are cached
     assert read(later / "x_base_samples.jsonl") == reference  # and written with every evaluation
+
+
+def test_reference_win_rate_reuses_the_reference_stage_answers(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    model = apply_lora(load_base_model(str(tiny_model_dir), Quantization()), LORA)
+    prompts = [PromptOnly([{"role": "user", "content": f"Q{i}?"}]) for i in range(3)]
+    length = {"length": lambda prompts, answers: [len(a) for a in answers]}
+    stage = tmp_path / "sft"
+    with model.disable_adapter():  # what the reference's own stage wrote: its answers at max_new_tokens=6
+        written = SampleAnswers(prompts, {}, max_new_tokens=6)(EvalContext(model, tiny_tokenizer, stage))
+    calls = []
+    real_generate = hooks_module.generate_answers
+    monkeypatch.setattr(hooks_module, "generate_answers", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+
+    reused = ReferenceWinRate(SampleAnswers(prompts, length, max_new_tokens=6), reference_name="base",
+                              reference_samples=stage / "samples.jsonl")
+    metrics = reused(EvalContext(model, tiny_tokenizer, tmp_path / "a"))
+    assert len(calls) == 1  # the policy's answers only: the reference's were read back
+    generated = ReferenceWinRate(SampleAnswers(prompts, length, max_new_tokens=6), reference_name="base")
+    assert generated(EvalContext(model, tiny_tokenizer, tmp_path / "b")) == metrics  # same as generating them
+    assert metrics["base_answer_tokens"] == written["answer_tokens"]
+    assert metrics["base_eos_fraction"] == written["eos_fraction"]
+
+    calls.clear()  # other settings than the file's: generated again
+    other = ReferenceWinRate(SampleAnswers(prompts, length, max_new_tokens=5), reference_name="base",
+                             reference_samples=stage / "samples.jsonl")
+    other(EvalContext(model, tiny_tokenizer, tmp_path / "c"))
+    assert len(calls) == 2

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from lightalign.data.collators import pad_lm
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
-from lightalign.eval.generation import generate_answers
+from lightalign.eval.generation import Answer, generate_answers
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]  # (prompts, answers) -> scores
 
@@ -101,7 +101,9 @@ class SampleAnswers:
     """Answer fixed prompts greedily, score them, and write ``{prefix}samples.jsonl``.
 
     Metrics: ``answer_tokens`` (mean), ``eos_fraction`` (answers that ended with EOS) and one
-    ``{name}_score`` per scorer (e.g. ``gold_score`` from the demo task's judge).
+    ``{name}_score`` per scorer (e.g. ``gold_score`` from the demo task's judge). Each row of the file also
+    records its ``answer_tokens`` and ``max_new_tokens``, so a later stage can reuse the answers
+    (:meth:`read_answers`) instead of generating them again.
     """
 
     prompts: list[PromptOnly]
@@ -120,6 +122,10 @@ class SampleAnswers:
             batch_size=self.batch_size,
             desc=f"eval {ctx.prefix or 'model '}answers",
         )
+        return self.record(ctx, answers)
+
+    def record(self, ctx: EvalContext, answers: list[Answer]) -> dict[str, float]:
+        """Score ``answers`` (one per prompt), write ``{prefix}samples.jsonl`` and return the metrics."""
         texts = [prompt_text(p.prompt) for p in self.prompts]
         replies = [a.text for a in answers]
         scores = {name: scorer(texts, replies) for name, scorer in self.scorers.items()}
@@ -128,7 +134,8 @@ class SampleAnswers:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as out:
                 for i, (prompt, answer) in enumerate(zip(texts, answers, strict=True)):
-                    row = {"prompt": prompt, "response": answer.text, "ended_with_eos": answer.ended_with_eos}
+                    row = {"prompt": prompt, "response": answer.text, "ended_with_eos": answer.ended_with_eos,
+                           "answer_tokens": answer.num_tokens, "max_new_tokens": self.max_new_tokens}
                     row.update({f"{name}_score": values[i] for name, values in scores.items()})
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
         metrics = {
@@ -138,6 +145,22 @@ class SampleAnswers:
         for name, values in scores.items():
             metrics[f"{name}_score"] = sum(values) / len(values)
         return metrics
+
+    def read_answers(self, path: Path) -> list[Answer] | None:
+        """The answers in a ``samples.jsonl`` written by this hook's settings, or ``None`` if they differ.
+
+        Greedy answers depend only on the model, the prompts and ``max_new_tokens``: when a file holds the
+        same prompts, in order, at the same ``max_new_tokens``, its answers are what generating would give.
+        """
+        if not path.is_file():
+            return None
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [prompt_text(p.prompt) for p in self.prompts]
+        if [row.get("prompt") for row in rows] != texts:
+            return None
+        if any(row.get("max_new_tokens") != self.max_new_tokens or "answer_tokens" not in row for row in rows):
+            return None  # other settings, or a file from before answer_tokens was recorded
+        return [Answer(row["response"], int(row["answer_tokens"]), bool(row["ended_with_eos"])) for row in rows]
 
 
 class EvalHookCallback(TrainerCallback):

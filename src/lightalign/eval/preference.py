@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from lightalign.data.collators import pad_preference
+from lightalign.data.collators import pad_lm
 from lightalign.data.preference import prompt_key
 from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
 from lightalign.data.types import PreferencePair
@@ -65,36 +66,42 @@ def completion_logprobs(
     """Summed log-probabilities of the chosen and of the rejected answer of each tokenised pair.
 
     ``rows`` hold ``prompt_ids``, ``chosen_ids`` and ``rejected_ids``
-    (:func:`lightalign.data.tokenize.tokenize_preference_pairs`); prompt tokens are not counted.
+    (:func:`lightalign.data.tokenize.tokenize_preference_pairs`); prompt tokens are not counted. Each
+    distinct (prompt, answer) is scored once: the K·(K-1)/2 pairs of a ranking share its K answers, so a
+    ranking of 4 costs 4 sequences instead of 12.
     """
+    index: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    sequences: list[dict] = []
+    for row in rows:
+        for key in ("chosen_ids", "rejected_ids"):
+            seq = (tuple(row["prompt_ids"]), tuple(row[key]))
+            if seq not in index:
+                index[seq] = len(sequences)
+                sequences.append({"input_ids": row["prompt_ids"] + row[key],
+                                  "labels": [IGNORE_INDEX] * len(row["prompt_ids"]) + row[key]})
+    sums = _sequence_logprobs(model, sequences, pad_token_id, batch_size)
+    chosen = [sums[index[(tuple(r["prompt_ids"]), tuple(r["chosen_ids"]))]] for r in rows]
+    rejected = [sums[index[(tuple(r["prompt_ids"]), tuple(r["rejected_ids"]))]] for r in rows]
+    return chosen, rejected
+
+
+def _sequence_logprobs(model: PreTrainedModel, rows: Sequence[dict], pad_token_id: int, batch_size: int) -> list[float]:
+    """Summed log-probability of each row's labelled tokens (``pad_lm`` rows)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chosen: list[float] = []
-    rejected: list[float] = []
+    sums: list[float] = []
     try:
         for start in range(0, len(rows), batch_size):
-            batch_rows = []
-            for row in rows[start : start + batch_size]:
-                masked = [IGNORE_INDEX] * len(row["prompt_ids"])
-                batch_rows.append({
-                    "chosen_input_ids": row["prompt_ids"] + row["chosen_ids"],
-                    "rejected_input_ids": row["prompt_ids"] + row["rejected_ids"],
-                    "chosen_labels": masked + row["chosen_ids"],
-                    "rejected_labels": masked + row["rejected_ids"],
-                })
-            batch = {k: v.to(device) for k, v in pad_preference(batch_rows, pad_token_id).items()}
+            batch = {k: v.to(device) for k, v in pad_lm(rows[start : start + batch_size], pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             labels = batch["labels"][:, 1:]
             logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             token_logps = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != IGNORE_INDEX)
-            sums = token_logps.sum(-1).tolist()
-            half = len(batch_rows)
-            chosen += sums[:half]
-            rejected += sums[half:]
+            sums += token_logps.sum(-1).tolist()
     finally:
         model.train(was_training)
-    return chosen, rejected
+    return sums
 
 
 @dataclass
@@ -138,11 +145,17 @@ class ReferenceWinRate:
 
     samples: SampleAnswers
     reference_name: str = "sft"  # "sft", or "base" for a policy that started from a fresh adapter
+    # the reference's own samples.jsonl (the SFT stage's): reused, not regenerated, when it answered the
+    # same prompts at the same max_new_tokens (SampleAnswers.read_answers); only the scorers run again
+    reference_samples: Path | None = None
     name: str = "reference_win_rate"
     _reference: tuple[dict[str, float], list[dict]] | None = field(default=None, init=False, repr=False)
 
     def _answer(self, ctx: EvalContext) -> tuple[dict[str, float], list[dict]]:
-        metrics = self.samples(ctx)
+        return self._read(ctx, self.samples(ctx))
+
+    @staticmethod
+    def _read(ctx: EvalContext, metrics: dict[str, float]) -> tuple[dict[str, float], list[dict]]:
         path = ctx.output_dir / f"{ctx.prefix}{SAMPLES}"  # per-answer scores, written by SampleAnswers
         return metrics, [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -152,8 +165,12 @@ class ReferenceWinRate:
         metrics, policy = self._answer(ctx)
         reference_ctx = replace(ctx, prefix=f"{ctx.prefix}{self.reference_name}_")
         if self._reference is None:
-            with use_reference(ctx.model):
-                self._reference = self._answer(reference_ctx)
+            known = self.samples.read_answers(self.reference_samples) if self.reference_samples else None
+            if known is not None:
+                self._reference = self._read(reference_ctx, self.samples.record(reference_ctx, known))
+            else:
+                with use_reference(ctx.model):
+                    self._reference = self._answer(reference_ctx)
         else:  # cached: write this evaluation's copy of the reference answers too
             rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self._reference[1])
             (ctx.output_dir / f"{reference_ctx.prefix}{SAMPLES}").write_text(rows, encoding="utf-8")
