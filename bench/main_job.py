@@ -44,21 +44,27 @@ def main() -> None:
     warning = load_warning()
     if warning:
         print(warning)
-    command = ["lightalign", "run", "full", *model_option, f"hydra.run.dir={run_dir}", *args.overrides]
+    command = [sys.executable, "-m", "lightalign", "run", "full", *model_option, f"hydra.run.dir={run_dir}",
+               *args.overrides]
     print("$", " ".join(command), flush=True)
-    began = time.perf_counter()
+    began, began_epoch = time.perf_counter(), time.time()
     done = subprocess.run(command, check=False)
     wall = time.perf_counter() - began
     if done.returncode:
         sys.exit(f"the pipeline failed (exit {done.returncode}); its log is above")
 
     state = json.loads((run_dir / "pipeline.json").read_text())
-    rows = [[name, f"{info.get('seconds', float('nan')):.0f}"] for name, info in state["stages"].items()]
-    stages_total = sum(info.get("seconds", 0.0) for info in state["stages"].values())
-    rows.append(["(pipeline overhead: composing, report)", f"{wall - stages_total:.0f}"])
-    rows.append(["total", f"{wall:.0f}"])
+    # stages may run side by side (jobs): each row says when it started, relative to the first one
+    first = min(info.get("started", began_epoch) for info in state["stages"].values())
+    rows, spans = [], []
+    for name, info in state["stages"].items():
+        start, seconds = info.get("started", float("nan")) - first, info.get("seconds", float("nan"))
+        rows.append([name, f"{start:.0f}", f"{seconds:.0f}"])
+        spans.append(start + seconds)
+    rows.append(["(pipeline overhead: composing, report)", "", f"{wall - max(spans):.0f}"])
+    rows.append(["total", "", f"{wall:.0f}"])
     print()
-    print_table(["stage", "seconds"], rows)
+    print_table(["stage", "started at (s)", "seconds"], rows)
     print(f"\ntotal {wall / 60:.1f} min = {wall / TARGET_S:.2f}x the 15-minute target "
           f"({'met' if wall <= TARGET_S else 'missed'})")
     report = json.loads((run_dir / "report.json").read_text())

@@ -261,7 +261,8 @@ def _start_stage(pipeline: str, step: PlannedStage, run_dir: Path, state: dict, 
     if stage_dir.exists() and (record is None or record["identity"] != step.identity):
         # its config or an upstream stage changed: its checkpoints describe another run
         shutil.rmtree(stage_dir)
-    state["stages"][step.name] = {"identity": step.identity, "status": "running", "upstream": step.upstream}
+    state["stages"][step.name] = {"identity": step.identity, "status": "running", "upstream": step.upstream,
+                                  "started": round(time.time(), 1)}
     write_json_atomic(state_path, state)
     recipe, config_name = STAGE_RECIPES[step.name]
     command = [sys.executable, str(recipes_dir() / recipe), "--config-name", config_name,
