@@ -8,7 +8,7 @@ import pytest
 
 from lightalign.cli import main as cli
 from lightalign.errors import ConfigError
-from lightalign.pipeline import load_stages, pipeline_names, route_overrides, run_pipeline
+from lightalign.pipeline import default_run_dir, load_stages, pipeline_names, route_overrides, run_pipeline
 from lightalign.report import COLUMNS, build_report
 
 KEYS = {
@@ -36,6 +36,9 @@ def test_unknown_keys_and_pipelines_fail_early():
         load_stages("nope")
     assert {"rlhf", "dpo", "full"} <= set(pipeline_names())
     assert load_stages("full") == ["sft", "reward", "ppo", "dpo"]
+    # the dpo pipeline's runs do not land among the dpo stage's own (outputs/dpo/...)
+    assert default_run_dir("dpo").parts[:2] == ("outputs", "pipeline-dpo")
+    assert default_run_dir("full").parts[:2] == ("outputs", "full")
 
 
 def _state(run_dir):

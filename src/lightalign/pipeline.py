@@ -143,6 +143,13 @@ def plan(stages: list[str], overrides: list[str], run_dir: Path) -> list[Planned
     return planned
 
 
+def default_run_dir(pipeline: str) -> Path:
+    """``outputs/<pipeline>/<time>``; ``outputs/pipeline-dpo/...`` for the ``dpo`` pipeline, whose name
+    the ``dpo`` stage's own runs (``outputs/dpo/...``) already use."""
+    folder = f"pipeline-{pipeline}" if pipeline in STAGE_RECIPES else pipeline
+    return Path("outputs") / folder / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def default_jobs() -> int:
     """How many independent stages run at once when ``jobs`` is not given.
 
@@ -198,9 +205,7 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
     if stage_list:  # `stages=[sft,dpo]` edits the list
         stages = [s.strip() for s in stage_list.strip("[]").split(",") if s.strip()]
     jobs_value, passthrough = _pop_option(passthrough, "jobs")
-    if run_dir is None:
-        run_dir = Path("outputs") / pipeline / time.strftime("%Y-%m-%d_%H-%M-%S")
-    run_dir = run_dir.resolve()
+    run_dir = (run_dir or default_run_dir(pipeline)).resolve()
     planned = plan(stages, passthrough, run_dir)
     jobs = _parse_jobs(jobs_value)
     run_dir.mkdir(parents=True, exist_ok=True)
