@@ -100,7 +100,8 @@ def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(t
              f"hydra.run.dir={run_dir}", "stages=[sft,reward]", "jobs=2"]
     # sft and reward need nothing from each other: they run at once; the reward stage fails on its data
     assert cli(["run", "full", *quick, f"reward.data.train={tmp_path / 'missing.jsonl'}"]) != 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"running sft -> {run_dir / 'sft'} (OMP_NUM_THREADS=" in out  # a share of the cores each
     assert "reward failed; the end of" in err and "missing.jsonl" in err  # the stage's own error, shown
     state = _state(run_dir)
     assert state["sft"]["status"] == "done" and state["reward"]["status"] == "running"

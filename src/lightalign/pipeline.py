@@ -196,8 +196,8 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
     """Run (or resume) a pipeline into ``run_dir``; returns the directory holding the report.
 
     Stages start as soon as the stages handed to them have finished, at most ``jobs`` at once
-    (:func:`default_jobs`); each gets an equal share of the CPU cores (``OMP_NUM_THREADS``) unless the
-    environment sets it.
+    (:func:`default_jobs`); stages started side by side get an equal share of the CPU cores
+    (``OMP_NUM_THREADS``) unless the environment sets it; a stage alone keeps torch's own choice.
     """
     stages = load_stages(pipeline)
     passthrough = [o for o in overrides if not o.startswith("hydra.run.dir=")]
@@ -273,12 +273,13 @@ def _start_stage(pipeline: str, step: PlannedStage, run_dir: Path, state: dict, 
     command = [sys.executable, str(recipes_dir() / recipe), "--config-name", config_name,
                *step.overrides, f"hydra.run.dir={stage_dir}"]
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
+    if share_terminal:  # alone, torch picks its own thread count (physical cores, not hyper-threads)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
     log = None
     if share_terminal:  # two progress bars would garble each other: each stage writes to its own file
         stage_dir.mkdir(parents=True, exist_ok=True)
         log = stage_dir / "output.log"
-        print(f"lightalign: {pipeline}: running {step.name} -> {stage_dir} ({env['OMP_NUM_THREADS']} threads; "
+        print(f"lightalign: {pipeline}: running {step.name} -> {stage_dir} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; "
               f"output: {log})", flush=True)
         with log.open("ab") as out:
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
