@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lightalign import pipeline as pipeline_module
 from lightalign.cli import main as cli
 from lightalign.errors import ConfigError
 from lightalign.pipeline import default_run_dir, load_stages, pipeline_names, route_overrides, run_pipeline
@@ -94,14 +95,17 @@ def test_report_rebuilds_from_a_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(tmp_path, capsys):
+def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline_module, "_cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     run_dir = tmp_path / "run"
     quick = ["model=tiny-random", "trainer.max_steps=2", "eval.num_prompts=2", "eval.max_new_tokens=8",
              f"hydra.run.dir={run_dir}", "stages=[sft,reward]", "jobs=2"]
     # sft and reward need nothing from each other: they run at once; the reward stage fails on its data
     assert cli(["run", "full", *quick, f"reward.data.train={tmp_path / 'missing.jsonl'}"]) != 0
     out, err = capsys.readouterr()
-    assert f"running sft -> {run_dir / 'sft'} (OMP_NUM_THREADS=" in out  # a share of the cores each
+    for stage in ("sft", "reward"):  # started together: half of the 4 cores each
+        assert f"running {stage} -> {run_dir / stage} (OMP_NUM_THREADS=2;" in out
     assert "reward failed; the end of" in err and "missing.jsonl" in err  # the stage's own error, shown
     state = _state(run_dir)
     assert state["sft"]["status"] == "done" and state["reward"]["status"] == "running"

@@ -228,12 +228,12 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
     while waiting or running:
         ready = [s for s in waiting if all(up in finished for up in s.upstream)] if not failures else []
         ready = ready[: max(jobs - len(running), 0)]
-        side_by_side = len(running) + len(ready) > 1
+        together = len(running) + len(ready)  # counted before any starts: each gets the same share
+        threads = max(1, _cpu_count() // max(together, 1))
         for step in ready:
             waiting.remove(step)
-            threads = max(1, _cpu_count() // (len(running) + len(ready)))
             running[step.name] = _start_stage(pipeline, step, run_dir, state, state_path,
-                                               share_terminal=side_by_side, threads=threads)
+                                               share_terminal=together > 1, threads=threads)
         if not running:
             break  # what is left waits on a failed stage
         name, code = _wait_any(running)
@@ -273,10 +273,11 @@ def _start_stage(pipeline: str, step: PlannedStage, run_dir: Path, state: dict, 
     command = [sys.executable, str(recipes_dir() / recipe), "--config-name", config_name,
                *step.overrides, f"hydra.run.dir={stage_dir}"]
     env = dict(os.environ)
-    if share_terminal:  # alone, torch picks its own thread count (physical cores, not hyper-threads)
-        env.setdefault("OMP_NUM_THREADS", str(threads))
     log = None
-    if share_terminal:  # two progress bars would garble each other: each stage writes to its own file
+    if share_terminal:
+        # a share of the cores each (alone, torch picks its own count: physical cores, not hyper-threads);
+        # two progress bars would garble each other: each stage writes to its own file
+        env.setdefault("OMP_NUM_THREADS", str(threads))
         stage_dir.mkdir(parents=True, exist_ok=True)
         log = stage_dir / "output.log"
         print(f"lightalign: {pipeline}: running {step.name} -> {stage_dir} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; "
