@@ -20,7 +20,6 @@ every one of those spreads. Run it alone: two torch processes on the same cores 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import emit_result, print_table  # noqa: E402
 
+from lightalign.rundir import SAMPLES, read_log  # noqa: E402
+
 MODELS = ("sft", "ppo", "dpo")
 METHODS = ("ppo", "dpo")
 
 
 def per_prompt_gold(run_dir: Path, model: str) -> list[float]:
-    rows = (run_dir / model / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(row)["gold_score"] for row in rows if row.strip()]
+    return [row["gold_score"] for row in read_log(run_dir / model / SAMPLES)]
 
 
 def paired_gain(method: list[float], sft: list[float]) -> tuple[float, float]:

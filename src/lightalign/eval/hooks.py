@@ -23,6 +23,7 @@ from lightalign.data.collators import pad_lm
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
 from lightalign.eval.generation import Answer, generate_answers
+from lightalign.rundir import read_log
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]  # (prompts, answers) -> scores
 
@@ -154,7 +155,7 @@ class SampleAnswers:
         """
         if not path.is_file():
             return None
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_log(path)
         texts = [prompt_text(p.prompt) for p in self.prompts]
         if [row.get("prompt") for row in rows] != texts:
             return None

@@ -23,7 +23,7 @@ from lightalign.data.types import PreferencePair
 from lightalign.eval.hooks import EvalContext, SampleAnswers
 from lightalign.models.reference import use_reference
 from lightalign.reward_model import score_sequences
-from lightalign.rundir import SAMPLES
+from lightalign.rundir import SAMPLES, read_log
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -157,7 +157,7 @@ class ReferenceWinRate:
     @staticmethod
     def _read(ctx: EvalContext, metrics: dict[str, float]) -> tuple[dict[str, float], list[dict]]:
         path = ctx.output_dir / f"{ctx.prefix}{SAMPLES}"  # per-answer scores, written by SampleAnswers
-        return metrics, [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return metrics, read_log(path)
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         if not self.samples.write_file:
