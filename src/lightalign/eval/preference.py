@@ -22,6 +22,7 @@ from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
 from lightalign.data.types import PreferencePair
 from lightalign.eval.hooks import EvalContext, SampleAnswers
 from lightalign.models.reference import use_reference
+from lightalign.ppo.sampling import logprobs_from_logits
 from lightalign.reward_model import score_sequences
 from lightalign.rundir import SAMPLES, read_log
 
@@ -96,8 +97,7 @@ def _sequence_logprobs(model: PreTrainedModel, rows: Sequence[dict], pad_token_i
             batch = {k: v.to(device) for k, v in pad_lm(rows[start : start + batch_size], pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             labels = batch["labels"][:, 1:]
-            logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            token_logps = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != IGNORE_INDEX)
+            token_logps = logprobs_from_logits(logits[:, :-1], labels.clamp(min=0)) * (labels != IGNORE_INDEX)
             sums += token_logps.sum(-1).tolist()
     finally:
         model.train(was_training)
