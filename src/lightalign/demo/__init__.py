@@ -5,14 +5,16 @@ from the prompt alone, so the whole SFT -> reward -> PPO / DPO pipeline runs wit
 human labels.
 """
 
-from lightalign.demo.judge import GoldJudge, gold_judge
+from lightalign.demo.judge import GoldJudge, JudgeParts, gold_judge, judge_parts
 from lightalign.demo.task import ensure_demo_data, generate_demo, parse_question, reference_answer
 
 __all__ = [
     "GoldJudge",
+    "JudgeParts",
     "ensure_demo_data",
     "generate_demo",
     "gold_judge",
+    "judge_parts",
     "parse_question",
     "reference_answer",
 ]

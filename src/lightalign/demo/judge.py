@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import asdict, dataclass
 
 from lightalign.demo.task import Question, parse_question
 
@@ -70,8 +71,31 @@ def _is_repetitive(text: str, words: list[str]) -> bool:
     return len(set(sentences)) < len(sentences) or len(set(trigrams)) < len(trigrams)
 
 
-def gold_judge(prompt: str, answer: str) -> float:
-    """Score ``answer`` to the demo ``prompt`` in [0, 1] by the rules of this module's docstring.
+@dataclass(frozen=True)
+class JudgeParts:
+    """What the gold judge saw in one answer; ``score`` combines the rest (see the module docstring).
+
+    Attributes:
+        correct: The first of the family's possible answers that the answer names is the right one.
+        concise: ``max(0, 1 - extra_words / 10)``.
+        well_formed: The share of the three form checks passed.
+        repetitive: A sentence or a three-word sequence occurs twice.
+        score: ``repetition * (0.60 * correct + 0.25 * concise + 0.15 * well_formed)``, rounded to 6 places.
+    """
+
+    correct: bool
+    concise: float
+    well_formed: float
+    repetitive: bool
+    score: float
+
+
+def judge_parts(prompt: str, answer: str) -> JudgeParts:
+    """Judge ``answer`` to the demo ``prompt`` part by part, by the rules of this module's docstring.
+
+    Example:
+        >>> judge_parts("What is the capital of Japan?", "The capital of Japan is Tokyo.")
+        JudgeParts(correct=True, concise=0.5, well_formed=1.0, repetitive=False, score=0.875)
 
     Raises:
         ValueError: If ``prompt`` is not a demo prompt. Never raises on ``answer``.
@@ -80,29 +104,54 @@ def gold_judge(prompt: str, answer: str) -> float:
     text = answer.strip() if isinstance(answer, str) else ""
     words = _words(text)
     if not words:
-        return 0.0
+        return JudgeParts(correct=False, concise=0.0, well_formed=0.0, repetitive=False, score=0.0)
     reference = _words(q.answer)
-    correct = float(_first_named(q, words) == tuple(reference))
+    correct = _first_named(q, words) == tuple(reference)
     concise = max(0.0, 1.0 - max(0, len(words) - len(reference)) / EXTRA_WORDS_TO_ZERO)
     checks = (text[0].isupper() or text[0].isdigit(), bool(re.search(r"[^.]\.$", text)), "\n" not in text)
     form = sum(checks) / len(checks)
+    repetitive = _is_repetitive(text, words)
     score = W_CORRECT * correct + W_CONCISE * concise + W_FORM * form
-    if _is_repetitive(text, words):
+    if repetitive:
         score *= REPETITION_FACTOR
-    return round(min(1.0, score), 6)
+    return JudgeParts(correct, concise, form, repetitive, round(min(1.0, score), 6))
+
+
+def gold_judge(prompt: str, answer: str) -> float:
+    """Score ``answer`` to the demo ``prompt`` in [0, 1]: :func:`judge_parts`' ``score``.
+
+    Raises:
+        ValueError: If ``prompt`` is not a demo prompt. Never raises on ``answer``.
+    """
+    return judge_parts(prompt, answer).score
 
 
 class GoldJudge:
     """The gold judge as a batch reward function, the signature PPO calls (``_target_:
     lightalign.demo.GoldJudge``).
 
+    Besides the scores it gives each answer's parts (:meth:`parts`) and each prompt's question family
+    (:meth:`group`): :class:`lightalign.eval.SampleAnswers` reads them into ``correct_fraction``.
+
     Example:
-        >>> GoldJudge()(["What is 7 + 5?", "What is 7 + 5?"], ["12.", "13."])
+        >>> judge = GoldJudge()
+        >>> judge(["What is 7 + 5?", "What is 7 + 5?"], ["12.", "13."])
         [1.0, 0.4]
+        >>> judge.parts(["What is 7 + 5?"], ["13."])[0]["correct"], judge.group("What is 7 + 5?")
+        (0.0, 'arithmetic')
     """
 
     def __call__(self, prompts: list[str], answers: list[str]) -> list[float]:
         """Score each answer to its prompt; see :func:`gold_judge`."""
+        return [p["score"] for p in self.parts(prompts, answers)]
+
+    def parts(self, prompts: list[str], answers: list[str]) -> list[dict[str, float]]:
+        """Each answer's :class:`JudgeParts` as numbers: ``{"correct": 1.0, "concise": 0.5, ..., "score": 0.875}``."""
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        return [gold_judge(p, a) for p, a in zip(prompts, answers, strict=True)]
+        return [{k: float(v) for k, v in asdict(judge_parts(p, a)).items()}
+                for p, a in zip(prompts, answers, strict=True)]
+
+    def group(self, prompt: str) -> str:
+        """The prompt's question family: ``capital``, ``arithmetic``, ``compare``, ``translate``, ..."""
+        return parse_question(prompt).family

@@ -26,6 +26,44 @@ from lightalign.eval.generation import Answer, generate_answers
 from lightalign.rundir import read_log
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]  # (prompts, answers) -> scores
+CORRECT = "correct_fraction"  # the share of correct answers; per question family: "correct_fraction/<family>"
+
+
+def judge_correctness(scorers: dict[str, ScoreFn], prompts: list[str], answers: list[str]) -> list[dict] | None:
+    """Whether each answer is correct, from the first scorer that can say so; ``None`` if none can.
+
+    A scorer says what is correct by also having ``parts(prompts, answers) -> list[dict[str, float]]``, each
+    dict holding ``"correct"`` (1 or 0), and optionally ``group(prompt) -> str``, the prompt's question
+    family (:class:`lightalign.demo.GoldJudge` has both). A plain ``(prompts, answers) -> scores`` callable
+    only scores.
+
+    Returns:
+        One ``{"correct": bool}`` per answer, with ``"family"`` when the scorer groups prompts.
+    """
+    judge = next((s for s in scorers.values() if callable(getattr(s, "parts", None))), None)
+    if judge is None:
+        return None
+    group = getattr(judge, "group", None)
+    rows = [{"correct": bool(parts["correct"])} for parts in judge.parts(prompts, answers)]
+    if callable(group):
+        for row, prompt in zip(rows, prompts, strict=True):
+            row["family"] = group(prompt)
+    return rows
+
+
+def correct_fractions(rows: list[dict]) -> dict[str, float]:
+    """``correct_fraction`` over ``rows`` (``{"correct", "family"?}``) and ``correct_fraction/<family>`` per family.
+
+    Example:
+        >>> correct_fractions([{"correct": True, "family": "capital"}, {"correct": False, "family": "capital"},
+        ...                    {"correct": True, "family": "compare"}])
+        {'correct_fraction': 0.6666666666666666, 'correct_fraction/capital': 0.5, 'correct_fraction/compare': 1.0}
+    """
+    metrics = {CORRECT: sum(r["correct"] for r in rows) / max(len(rows), 1)}
+    for family in sorted({r["family"] for r in rows if "family" in r}):
+        flags = [r["correct"] for r in rows if r.get("family") == family]
+        metrics[f"{CORRECT}/{family}"] = sum(flags) / len(flags)
+    return metrics
 
 
 @dataclass
@@ -101,10 +139,12 @@ class HeldOutLoss:
 class SampleAnswers:
     """Answer fixed prompts greedily, score them, and write ``{prefix}samples.jsonl``.
 
-    Metrics: ``answer_tokens`` (mean), ``eos_fraction`` (answers that ended with EOS) and one
-    ``{name}_score`` per scorer (e.g. ``gold_score`` from the demo task's judge). Each row of the file also
-    records its ``answer_tokens`` and ``max_new_tokens``, so a later stage can reuse the answers
-    (:meth:`read_answers`) instead of generating them again.
+    Metrics: ``answer_tokens`` (mean), ``eos_fraction`` (answers that ended with EOS), one ``{name}_score``
+    per scorer (e.g. ``gold_score`` from the demo task's judge) and, when a scorer can say which answers are
+    correct (:func:`judge_correctness`), ``correct_fraction`` and ``correct_fraction/<family>``. Each row of
+    the file also records its ``answer_tokens`` and ``max_new_tokens``, so a later stage can reuse the answers
+    (:meth:`read_answers`) instead of generating them again, and then ``correct`` and ``family``, so that
+    answers of different models can be paired by prompt.
     """
 
     prompts: list[PromptOnly]
@@ -130,6 +170,7 @@ class SampleAnswers:
         texts = [prompt_text(p.prompt) for p in self.prompts]
         replies = [a.text for a in answers]
         scores = {name: scorer(texts, replies) for name, scorer in self.scorers.items()}
+        judged = judge_correctness(self.scorers, texts, replies)
         if self.write_file:
             path = ctx.output_dir / f"{ctx.prefix}samples.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +179,7 @@ class SampleAnswers:
                     row = {"prompt": prompt, "response": answer.text, "ended_with_eos": answer.ended_with_eos,
                            "answer_tokens": answer.num_tokens, "max_new_tokens": self.max_new_tokens}
                     row.update({f"{name}_score": values[i] for name, values in scores.items()})
+                    row.update(judged[i] if judged else {})
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
         metrics = {
             "answer_tokens": sum(a.num_tokens for a in answers) / len(answers),
@@ -145,6 +187,8 @@ class SampleAnswers:
         }
         for name, values in scores.items():
             metrics[f"{name}_score"] = sum(values) / len(values)
+        if judged:
+            metrics.update(correct_fractions(judged))
         return metrics
 
     def read_answers(self, path: Path) -> list[Answer] | None:
