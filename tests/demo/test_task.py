@@ -1,11 +1,13 @@
-"""The demo data generator: determinism, disjoint splits, untied rankings, sound tables."""
+"""The demo data generator: determinism, disjoint splits, unseen held-out entities, untied rankings, sound tables."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from lightalign.demo import ensure_demo_data, generate_demo, gold_judge, parse_question, reference_answer, task
+from lightalign.demo.judge import _words
 
 
 def _read(path: Path) -> list[dict]:
@@ -24,7 +26,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
 
 def test_sizes(demo: dict[str, list[dict]]) -> None:
     sizes = {name: len(rows) for name, rows in demo.items()}
-    assert sizes == {"sft": 400, "eval": 40, "prompts": 40, "rankings": 200, "pairs": 200 * 6}
+    assert sizes == {"sft": 400, "eval": 40, "prompts": 128, "rankings": 200, "pairs": 200 * 6}
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
@@ -40,14 +42,32 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
 def test_splits_are_disjoint(demo: dict[str, list[dict]]) -> None:
     heldout, evals = set(_prompts(demo["prompts"])), set(_prompts(demo["eval"]))
     sft, ranked = set(_prompts(demo["sft"])), set(_prompts(demo["rankings"]))
-    assert len(heldout) == 40 and len(evals) == 40 and len(sft) == 400 and len(ranked) == 200
+    assert len(heldout) == 128 and len(evals) == 40 and len(sft) == 400 and len(ranked) == 200
     assert not heldout & (evals | sft | ranked)
     assert not evals & (sft | ranked)
 
 
-def test_every_family_is_held_out(demo: dict[str, list[dict]]) -> None:
-    families = {parse_question(p).family for p in _prompts(demo["prompts"])}
-    assert families == {"capital", "arithmetic", "compare", "translate", "opposite", "sequence"}
+def test_the_families_are_balanced_in_every_prefix_of_the_held_out_prompts(demo: dict[str, list[dict]]) -> None:
+    families = [parse_question(p).family for p in _prompts(demo["prompts"])]
+    assert set(families) == {"capital", "arithmetic", "compare", "translate", "opposite", "sequence"}
+    for n in (32, 64, 128):
+        counts = Counter(families[:n]).values()
+        assert max(counts) - min(counts) <= 1, n
+
+
+def test_held_out_entities_appear_in_no_other_split_of_their_family(demo: dict[str, list[dict]]) -> None:
+    held = [parse_question(p) for p in _prompts(demo["prompts"])]
+    names = {(q.family, " ".join(_words(name))) for q in held for name in q.entity}
+    assert {family for family, _ in names} == set(task.ENTITY_FAMILIES)
+    assert all(q.entity for q in held if q.family in task.ENTITY_FAMILIES)
+    assert ("capital", "tokyo") not in names or ("capital", "japan") in names  # a country comes with its capital
+    for split in ("sft", "eval", "rankings", "pairs"):
+        for row in demo[split]:
+            family = parse_question(_prompts([row])[0]).family
+            # every word of the row, prompt and answers (its JSON keys are no entity's name)
+            words = f" {' '.join(_words(json.dumps(row, ensure_ascii=False)))} "
+            seen = [name for fam, name in names if fam == family and f" {name} " in words]
+            assert not seen, (split, row)
 
 
 def test_demonstrations_are_correct_but_only_partly_concise(demo: dict[str, list[dict]]) -> None:
@@ -101,10 +121,10 @@ def test_tables_are_unambiguous() -> None:
 def test_ensure_demo_data_generates_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIGHTALIGN_HOME", str(tmp_path))
     paths = ensure_demo_data(seed=1)
-    root = tmp_path / "data" / "demo-v4-seed1"
+    root = tmp_path / "data" / "demo-v5-seed1"
     assert set(paths) == {"sft", "eval", "prompts", "rankings", "pairs"}
     assert all(p.parent == root and p.is_file() for p in paths.values())
-    assert [p.name for p in root.parent.iterdir()] == ["demo-v4-seed1"]  # no temporary folder left
+    assert [p.name for p in root.parent.iterdir()] == ["demo-v5-seed1"]  # no temporary folder left
 
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("regenerated")

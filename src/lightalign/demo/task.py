@@ -86,6 +86,10 @@ SEQUENCES = {
 }
 
 
+# Families whose questions are about a named entity (Question.entity) that a held-out prompt keeps to itself.
+ENTITY_FAMILIES = ("capital", "translate", "opposite")
+
+
 @dataclass(frozen=True)
 class Question:
     """A parsed demo prompt.
@@ -99,6 +103,9 @@ class Question:
         candidates: The answers of the family the judge looks for in a response (the first one named
             must be ``answer``); empty for arithmetic, where every number is a candidate.
         excluded: Numbers that do not count as an answer (the operands of an arithmetic question).
+        entity: The names the question is about: a country and its capital, an English word and both its
+            translations, both words of an opposite pair; empty for arithmetic, comparisons and sequences.
+            :func:`generate_demo` keeps a held-out question's entity out of every other split.
     """
 
     family: str
@@ -107,6 +114,7 @@ class Question:
     template: str
     candidates: tuple[str, ...] = ()
     excluded: frozenset[str] = frozenset()
+    entity: tuple[str, ...] = ()
 
     def verbose(self, answer: str | None = None) -> str:
         """``template`` filled with ``answer`` (default: the right one), lower-cased where a sentence wants it."""
@@ -148,7 +156,8 @@ def parse_question(prompt: str) -> Question:
         if family == "capital":
             country = g["x"] if g["x"] in CAPITALS else f"the {g['x']}"
             cap = CAPITALS[country]
-            return Question(family, q, cap, f"The capital of {country} is {{}}.", tuple(CAPITALS.values()))
+            return Question(family, q, cap, f"The capital of {country} is {{}}.", tuple(CAPITALS.values()),
+                            entity=(country.removeprefix("the "), cap))
         if family == "arithmetic":
             a, op, b = int(g["a"]), g["op"], int(g["b"])
             return Question(
@@ -166,11 +175,13 @@ def parse_question(prompt: str) -> Question:
             column = LANGUAGES.index(g["lang"])
             words = tuple(w[column].capitalize() for w in WORDS.values())
             answer = WORDS[g["x"]][column].capitalize()
-            return Question(family, q, answer, f"In {g['lang']}, {g['x']} is {{}}.", words)
+            return Question(family, q, answer, f"In {g['lang']}, {g['x']} is {{}}.", words,
+                            entity=(g["x"], *WORDS[g["x"]]))
         if family == "opposite":
             cands = tuple(w.capitalize() for w in OPPOSITES if w != g["x"])
             answer = OPPOSITES[g["x"]].capitalize()
-            return Question(family, q, answer, f"The opposite of {g['x']} is {{}}.", cands)
+            return Question(family, q, answer, f"The opposite of {g['x']} is {{}}.", cands,
+                            entity=tuple(sorted((g["x"], OPPOSITES[g["x"]]))))
         seq = SEQUENCES[g["kind"]]
         i = seq.index(g["x"]) + (1 if g["dir"] == "after" else -1)
         cands = tuple(x for x in seq if x != g["x"])
@@ -246,14 +257,54 @@ def _take(pools: dict[str, list[str]], n: int) -> list[str]:
     return out
 
 
-def _candidates(q: Question, rng: random.Random) -> list[str]:
-    """Answers of graded quality to one question, for rankings: correct or wrong, concise or not."""
-    a = q.answer
+def _hold_out(pools: dict[str, list[str]], n: int) -> tuple[list[str], set[str]]:
+    """Take ``n`` held-out prompts, balanced over the families, and remove from ``pools`` every prompt about a
+    held-out entity (:attr:`Question.entity`), so that no other split names a held-out country, word or pair.
+
+    A family's held-out prompts are whole entities where its quota allows ("cat" in French and in Spanish);
+    the prompts of an entity cut by the quota are dropped from every split.
+
+    Returns:
+        The held-out prompts, round-robin over the families, and the held-out entities' names (lower case).
+    """
+    quotas = {family: n // len(pools) + (i < n % len(pools)) for i, family in enumerate(pools)}
+    held: dict[str, list[str]] = {}
+    names: set[str] = set()
+    for family, prompts in pools.items():
+        entities = {p: parse_question(p).entity for p in prompts} if family in ENTITY_FAMILIES else {}
+        taken: list[str] = []
+        for prompt in prompts:
+            if len(taken) >= quotas[family]:
+                break
+            entity = entities.get(prompt, ())
+            if prompt not in taken:
+                taken += [p for p in prompts if p == prompt or (entity and entities[p] == entity)]
+                names.update(name.lower() for name in entity)
+        held[family] = taken[: quotas[family]]
+        gone = set(taken)
+        prompts[:] = [p for p in prompts if p not in gone]
+    return _take(held, n), names
+
+
+def wrong_answer(q: Question, rng: random.Random, avoid: set[str] = frozenset()) -> str:
+    """A wrong answer of the question's family, without punctuation: another capital, another word, the other
+    option of a comparison, a near-miss number (never negative, never an operand); none of ``avoid`` (lower case).
+
+    Example:
+        >>> wrong_answer(parse_question("Which is larger, 17 or 23?"), random.Random(0))
+        '17'
+    """
     if q.candidates:
-        wrong = rng.choice([c for c in q.candidates if c != a])
-    else:  # a near miss, never negative
-        delta = rng.choice([1, 2, 10])
-        wrong = str(int(a) - delta if int(a) >= delta and rng.random() < 0.5 else int(a) + delta)
+        return rng.choice([c for c in q.candidates if c != q.answer and c.lower() not in avoid])
+    misses = [str(int(q.answer) + d) for d in (-10, -2, -1, 1, 2, 10) if int(q.answer) + d >= 0]
+    return rng.choice([m for m in misses if m not in q.excluded])  # +1, +2, +10: at most two are operands
+
+
+def _candidates(q: Question, rng: random.Random, avoid: set[str] = frozenset()) -> list[str]:
+    """Answers of graded quality to one question, for rankings: correct or wrong, concise or not; no wrong
+    answer names one of ``avoid`` (the held-out entities)."""
+    a = q.answer
+    wrong = wrong_answer(q, rng, avoid)
     return [
         f"{a}.",
         q.verbose(),
@@ -268,13 +319,17 @@ def _candidates(q: Question, rng: random.Random) -> list[str]:
 
 
 def generate_demo(
-    out_dir: Path, seed: int = 0, n_sft: int = 400, n_eval: int = 40, n_heldout: int = 40, n_rank: int = 200, k: int = 4
+    out_dir: Path, seed: int = 0, n_sft: int = 400, n_eval: int = 40, n_heldout: int = 128, n_rank: int = 200,
+    k: int = 4,
 ) -> dict[str, Path]:
     """Write the demo data set as JSONL files in ``out_dir``; the same seed gives byte-identical files.
 
     Held-out prompts and eval dialogues are disjoint from each other and from everything else; SFT
     dialogues and ranking prompts are drawn independently from the rest (they may share prompts, as
-    each feeds a different stage). SFT answers are all correct, but like real demonstrations only some are
+    each feeds a different stage). Held-out capital, translation and opposite prompts ask about countries,
+    words and word pairs that no other split names, not even as a wrong answer in a ranking (a correct
+    held-out answer is not a memorised training answer); held-out arithmetic, comparison and sequence prompts
+    are prompts no other split asks. SFT answers are all correct, but like real demonstrations only some are
     concise: 20% are a full sentence and 50% end with chatty boilerplate (``SFT_VERBOSE``, ``SFT_CHATTY``), so
     SFT teaches the task and only part of the form; the rankings then reward conciseness, which is what
     reward modelling, PPO and DPO can add on top of SFT.
@@ -284,7 +339,8 @@ def generate_demo(
         seed: Seed of every random choice.
         n_sft: SFT dialogues (``sft.jsonl``).
         n_eval: Held-out dialogues for the SFT eval loss (``eval.jsonl``).
-        n_heldout: Held-out prompts for generation and judging (``prompts.jsonl``).
+        n_heldout: Held-out prompts for generation and judging (``prompts.jsonl``), round-robin over the six
+            families, so that its first N prompts are balanced too.
         n_rank: Prompts with ``k`` ranked answers each (``rankings.jsonl``), and from them every
             ``k * (k - 1) / 2`` chosen/rejected pair (``pairs.jsonl``).
         k: Answers per ranking, 2 to 6; they never tie under the gold judge.
@@ -298,7 +354,8 @@ def generate_demo(
         raise ValueError(f"k must be between 2 and 6, got {k}")
     rng = random.Random(seed)
     pools = _all_prompts(rng)
-    heldout, eval_prompts = _take(pools, n_heldout), _take(pools, n_eval)
+    heldout, unseen = _hold_out(pools, n_heldout)
+    eval_prompts = _take(pools, n_eval)
     # SFT and rankings each get their own order of the remaining prompts: they may share some, not all.
     train_pools = {f: rng.sample(p, len(p)) for f, p in pools.items()}
     sft_prompts, rank_prompts = _take(pools, n_sft), _take(train_pools, n_rank)
@@ -316,7 +373,7 @@ def generate_demo(
 
     rankings, pairs = [], []
     for prompt in rank_prompts:
-        pool = _candidates(parse_question(prompt), rng)
+        pool = _candidates(parse_question(prompt), rng, avoid=unseen)
         rng.shuffle(pool)
         scored: dict[float, str] = {}
         for answer in pool:  # keep the first k answers whose scores differ: the reward stage rejects ties
@@ -350,10 +407,10 @@ def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]
     """Generate the demo data set once (into a temporary folder renamed when complete) and return its paths.
 
     Args:
-        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v4-seed{seed}``.
+        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v5-seed{seed}``.
         seed: Seed passed to :func:`generate_demo`.
     """
-    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v4-seed{seed}"
+    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v5-seed{seed}"
     names = ("sft", "eval", "prompts", "rankings", "pairs")
     if not root.is_dir():
         root.parent.mkdir(parents=True, exist_ok=True)
