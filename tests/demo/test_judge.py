@@ -46,13 +46,6 @@ def test_hand_worked_scores(prompt: str, answer: str, expected: float) -> None:
     assert gold_judge(prompt, answer) == pytest.approx(expected)
 
 
-def test_reference_answers() -> None:
-    assert reference_answer(JAPAN) == "Tokyo."
-    assert reference_answer("What is 20 - 7?") == "13."
-    assert reference_answer("How do you say cheese in Spanish?") == "Queso."
-    assert reference_answer("What day comes after Sunday?") == "Monday."
-
-
 def test_quality_order() -> None:
     q = parse_question("Give the antonym of early.")
     concise, verbose, wrong = f"{q.answer}.", q.verbose(), "Fast."

@@ -1,14 +1,19 @@
-"""The offline demo task and its gold judge (see :mod:`lightalign.demo.task`, :mod:`lightalign.demo.judge`,
-:mod:`lightalign.demo.probe`).
+"""The offline demo task and its gold judge.
 
 Short factual questions ("What is the capital of Japan?" -> "Tokyo.") whose answer the judge computes
 from the prompt alone, so the whole SFT -> reward -> PPO / DPO pipeline runs without a network or
-human labels.
+human labels. The modules import one way:
+
+- :mod:`lightalign.demo.questions`: word tables, prompt phrasings, the parser (imports no other demo module);
+- :mod:`lightalign.demo.judge`: the gold judge (imports the questions);
+- :mod:`lightalign.demo.dataset`: the JSONL data set and its cache (imports the questions and the judge);
+- :mod:`lightalign.demo.probe`: reward-probe pairs (imports the questions).
 """
 
+from lightalign.demo.dataset import ensure_demo_data, generate_demo
 from lightalign.demo.judge import GoldJudge, JudgeParts, gold_judge, judge_parts
 from lightalign.demo.probe import ProbePair, build_probe_pairs
-from lightalign.demo.task import ensure_demo_data, generate_demo, parse_question, reference_answer
+from lightalign.demo.questions import parse_question, reference_answer
 
 __all__ = [
     "GoldJudge",

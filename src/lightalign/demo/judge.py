@@ -35,7 +35,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass
 
-from lightalign.demo.task import Question, parse_question
+from lightalign.demo.questions import Question, parse_question
 
 W_CORRECT, W_CONCISE, W_FORM = 0.60, 0.25, 0.15
 EXTRA_WORDS_TO_ZERO = 10

@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lightalign.demo.task import parse_question, wrong_answer
+from lightalign.demo.questions import parse_question, wrong_answer
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The demo data generator: determinism, disjoint splits, unseen held-out entities, untied rankings, sound tables."""
+"""The demo data set: determinism, disjoint splits, unseen held-out entities, untied rankings, the cache."""
 
 import json
 from collections import Counter
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lightalign.demo import ensure_demo_data, generate_demo, gold_judge, parse_question, reference_answer, task
+from lightalign.demo import dataset, ensure_demo_data, generate_demo, gold_judge, parse_question
 from lightalign.demo.judge import _words
+from lightalign.demo.questions import ENTITY_FAMILIES
 
 
 def _read(path: Path) -> list[dict]:
@@ -58,8 +59,8 @@ def test_the_families_are_balanced_in_every_prefix_of_the_held_out_prompts(demo:
 def test_held_out_entities_appear_in_no_other_split_of_their_family(demo: dict[str, list[dict]]) -> None:
     held = [parse_question(p) for p in _prompts(demo["prompts"])]
     names = {(q.family, " ".join(_words(name))) for q in held for name in q.entity}
-    assert {family for family, _ in names} == set(task.ENTITY_FAMILIES)
-    assert all(q.entity for q in held if q.family in task.ENTITY_FAMILIES)
+    assert {family for family, _ in names} == set(ENTITY_FAMILIES)
+    assert all(q.entity for q in held if q.family in ENTITY_FAMILIES)
     assert ("capital", "tokyo") not in names or ("capital", "japan") in names  # a country comes with its capital
     for split in ("sft", "eval", "rankings", "pairs"):
         for row in demo[split]:
@@ -74,7 +75,7 @@ def test_demonstrations_are_correct_but_only_partly_concise(demo: dict[str, list
     scores = [gold_judge(*(m["content"] for m in row["messages"])) for row in demo["sft"]]
     assert min(scores) >= 0.7  # every demonstration is correct (0.6) and well-formed (0.15)
     answers = [row["messages"][-1]["content"] for row in demo["sft"]]
-    chatty = [s for s, a in zip(scores, answers, strict=True) if a.endswith(task.CHATTER)]
+    chatty = [s for s, a in zip(scores, answers, strict=True) if a.endswith(dataset.CHATTER)]
     assert 0.4 < len(chatty) / len(scores) < 0.6 and max(chatty) < 0.9  # boilerplate costs conciseness
     verbose = sum(s < 1.0 for s in scores) / len(scores) - len(chatty) / len(scores)  # a full sentence
     assert 0.1 < verbose < 0.3
@@ -97,27 +98,6 @@ def test_rejects_bad_k(tmp_path: Path) -> None:
         generate_demo(tmp_path, k=7)
 
 
-def test_every_prompt_has_a_perfect_reference_and_a_correct_verbose_answer() -> None:
-    import random
-
-    for family, prompts in task._all_prompts(random.Random(0)).items():
-        for prompt in prompts[:300]:
-            q = parse_question(prompt)
-            assert gold_judge(prompt, reference_answer(prompt)) == 1.0, prompt
-            assert gold_judge(prompt, q.verbose()) >= 0.75, (family, q.verbose())
-
-
-def test_tables_are_unambiguous() -> None:
-    capitals = [c.lower() for c in task.CAPITALS.values()]
-    assert len(set(capitals)) == len(capitals)
-    assert not {c.lower() for c in task.CAPITALS} & set(capitals)
-    for column in range(len(task.LANGUAGES)):
-        words = [w[column] for w in task.WORDS.values()]
-        assert len(set(words)) == len(words)
-        assert not set(words) & set(task.WORDS)  # no translation is itself an English demo word
-    assert len(task.OPPOSITES) == 2 * len(task._PAIRS)  # each word has exactly one opposite
-
-
 def test_ensure_demo_data_generates_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIGHTALIGN_HOME", str(tmp_path))
     paths = ensure_demo_data(seed=1)
@@ -129,7 +109,7 @@ def test_ensure_demo_data_generates_once(tmp_path: Path, monkeypatch: pytest.Mon
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("regenerated")
 
-    monkeypatch.setattr(task, "generate_demo", fail)
+    monkeypatch.setattr(dataset, "generate_demo", fail)
     assert ensure_demo_data(seed=1) == paths
 
 
@@ -139,7 +119,7 @@ def test_ensure_demo_data_leaves_nothing_on_a_crash(tmp_path: Path, monkeypatch:
         (out_dir / "sft.jsonl").write_text("half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(task, "generate_demo", crash)
+    monkeypatch.setattr(dataset, "generate_demo", crash)
     with pytest.raises(KeyboardInterrupt):
         ensure_demo_data(root=tmp_path / "demo")
     assert list(tmp_path.iterdir()) == []
