@@ -17,13 +17,12 @@ Six families, each with two phrasings, e.g.::
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightalign.atomic import build_folder_atomically
 from lightalign.paths import lightalign_home
 
 
@@ -347,7 +346,7 @@ def generate_demo(
 
 
 def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]:
-    """Generate the demo data set once (into a temporary folder renamed when complete) and return its paths.
+    """Generate the demo data set once (atomically, safe when several processes do it at once) and return its paths.
 
     Args:
         root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v4-seed{seed}``.
@@ -356,18 +355,5 @@ def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]
     root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v4-seed{seed}"
     names = ("sft", "eval", "prompts", "rankings", "pairs")
     if not root.is_dir():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            generate_demo(tmp, seed=seed)
-        except BaseException:  # also on Ctrl-C: leave no half-written folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first: its folder is just as good
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not root.is_dir():
-                raise
+        build_folder_atomically(root, lambda folder: generate_demo(folder, seed=seed))
     return {name: root / f"{name}.jsonl" for name in names}
