@@ -9,7 +9,7 @@ import pytest
 from lightalign import pipeline as pipeline_module
 from lightalign.cli import main as cli
 from lightalign.errors import ConfigError
-from lightalign.pipeline import default_run_dir, load_stages, pipeline_names, route_overrides, run_pipeline
+from lightalign.pipeline import StageFailed, default_run_dir, load_stages, pipeline_names, route_overrides, run_pipeline
 from lightalign.report import COLUMNS, build_report
 
 KEYS = {
@@ -94,6 +94,29 @@ def test_report_rebuilds_from_a_run_directory(tmp_path):
     assert cli(["report", str(tmp_path)]) == 0
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch, jobs):
+    # Stand-in recipes, so no stage trains: the pipeline only sees processes and their exit codes.
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "sft.py").write_text("import sys\nsys.exit(0)\n")
+    (recipes / "reward.py").write_text("import sys\nprint('reward: no data')\nsys.exit(3)\n")
+    monkeypatch.setattr(pipeline_module, "recipes_dir", lambda: recipes)
+    run_dir = tmp_path / "run"
+    # jobs=2: sft and reward side by side, each writing to its own log; jobs=1: one after the other
+    with pytest.raises(StageFailed, match="stage reward failed \\(exit 3\\)"):
+        run_pipeline("full", ["stages=[sft,reward]", f"jobs={jobs}"], run_dir)
+    state = _state(run_dir)
+    assert state["sft"]["status"] == "done"
+    reward = state["reward"]
+    assert reward["status"] == "failed" and reward["exit_code"] == 3 and reward["seconds"] >= 0
+    if jobs == 2:
+        assert reward["log"] == str(run_dir / "reward" / "output.log")
+        assert "reward: no data" in (run_dir / "reward" / "output.log").read_text()
+    else:  # alone, the stage wrote to the terminal: there is no log file to point at
+        assert reward["log"] is None
+
+
 @pytest.mark.slow
 def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pipeline_module, "_cpu_count", lambda: 4)
@@ -108,7 +131,7 @@ def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(t
         assert f"running {stage} -> {run_dir / stage} (OMP_NUM_THREADS=2;" in out
     assert "reward failed; the end of" in err and "missing.jsonl" in err  # the stage's own error, shown
     state = _state(run_dir)
-    assert state["sft"]["status"] == "done" and state["reward"]["status"] == "running"
+    assert state["sft"]["status"] == "done" and state["reward"]["status"] == "failed"
     assert (run_dir / "sft" / "output.log").is_file() and (run_dir / "reward" / "output.log").is_file()
 
     assert cli(["run", "full", *quick]) == 0  # fixed: the finished SFT stage is kept

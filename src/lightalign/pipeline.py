@@ -238,12 +238,17 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
             break  # what is left waits on a failed stage
         name, code = _wait_any(running)
         job = running.pop(name)
+        seconds = round(time.time() - job.started, 1)
         if code != 0:
+            # recorded before anything else: pipeline.json must never say "running" for a stage that ended
+            # (log: null when the stage wrote to the terminal)
+            state["stages"][name].update(status="failed", exit_code=code, seconds=seconds,
+                                         log=str(job.log) if job.log is not None else None)
+            write_json_atomic(state_path, state)
             failures.append(f"stage {name} failed (exit {code})")
             if job.log is not None:
                 print(f"lightalign: {name} failed; the end of {job.log}:\n" + _tail(job.log), file=sys.stderr)
             continue
-        seconds = round(time.time() - job.started, 1)
         state["stages"][name].update(status="done", seconds=seconds)
         write_json_atomic(state_path, state)
         finished.add(name)

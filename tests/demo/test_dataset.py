@@ -115,7 +115,7 @@ def test_ensure_demo_data_generates_once(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_ensure_demo_data_leaves_nothing_on_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def crash(out_dir: Path, seed: int) -> None:
-        (out_dir / "sft.jsonl").parent.mkdir(parents=True)
+        (out_dir / "sft.jsonl").parent.mkdir(parents=True, exist_ok=True)
         (out_dir / "sft.jsonl").write_text("half")
         raise KeyboardInterrupt
 

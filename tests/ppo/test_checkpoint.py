@@ -29,7 +29,7 @@ def _parts():
 def test_round_trip_prune_and_torn_checkpoints(tmp_path):
     layer, optimizer, scheduler = _parts()
     root = tmp_path / "checkpoints"
-    torn = root / ".tmp-checkpoint-9-abc"  # what a run killed while saving leaves behind
+    torn = root / ".checkpoint-9.tmp-abc"  # what a run killed while saving leaves behind
     torn.mkdir(parents=True)
     (root / "checkpoint-7").mkdir()  # no trainer_state.json: incomplete, never resumed from
     for step in (1, 2, 3):

@@ -14,13 +14,13 @@ the full-precision base.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from lightalign.atomic import build_folder_atomically
 from lightalign.errors import ConfigError
 from lightalign.eval.generation import stop_token_ids
 from lightalign.models.adapters import is_quantized
@@ -29,26 +29,11 @@ from lightalign.models.trained import ModelSource, load_model_source
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _replace_folder(out: Path, build, *, force: bool) -> Path:  # noqa: ANN001 (a callable taking the folder)
-    """Build into a sibling temporary folder and move it to ``out`` only when complete."""
+def _replace_folder(out: Path, build: Callable[[Path], object], *, force: bool) -> Path:
+    """Build ``out`` atomically; an existing non-empty ``out`` is replaced only with ``force``."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"{out} exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the export is an ordinary folder
-    try:
-        build(staging)
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+    return build_folder_atomically(out, build, replace=True)
 
 
 def export_adapter(source: ModelSource, out: Path, *, force: bool = False) -> Path:

@@ -8,11 +8,10 @@ cache and returns the paths.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 
+from lightalign.atomic import build_folder_atomically
 from lightalign.demo.judge import gold_judge
 from lightalign.demo.questions import ENTITY_FAMILIES, Question, list_prompts, parse_question, wrong_answer
 from lightalign.paths import lightalign_home
@@ -169,7 +168,7 @@ def generate_demo(
 
 
 def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]:
-    """Generate the demo data set once (into a temporary folder renamed when complete) and return its paths.
+    """Generate the demo data set once (atomically, safe when several processes do it at once) and return its paths.
 
     Args:
         root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v5-seed{seed}``.
@@ -178,18 +177,5 @@ def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]
     root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v5-seed{seed}"
     names = ("sft", "eval", "prompts", "rankings", "pairs")
     if not root.is_dir():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            generate_demo(tmp, seed=seed)
-        except BaseException:  # also on Ctrl-C: leave no half-written folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first: its folder is just as good
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not root.is_dir():
-                raise
+        build_folder_atomically(root, lambda folder: generate_demo(folder, seed=seed))
     return {name: root / f"{name}.jsonl" for name in names}

@@ -7,10 +7,9 @@ there afterwards, like any local Hugging Face folder.
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
+from lightalign.atomic import build_folder_atomically
 from lightalign.errors import ModelNotFoundError
 from lightalign.progress import elapsed_bar
 
@@ -31,7 +30,11 @@ def find_gguf_file() -> Path:
 
 
 def convert_gguf_to_folder(gguf_path: Path, folder: Path) -> Path:
-    """Dequantise a GGUF file into a safetensors folder, atomically (a crash leaves no half folder)."""
+    """Dequantise a GGUF file into a safetensors folder and return it.
+
+    Atomic (a crash leaves no half folder) and safe when several processes convert at once: the first to
+    finish wins and the others keep its folder (:func:`lightalign.atomic.build_folder_atomically`).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,13 +49,10 @@ def convert_gguf_to_folder(gguf_path: Path, folder: Path) -> Path:
             del model.config.quantization_config
         model.hf_quantizer = None
         bar.set_postfix_str("saving safetensors")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-        try:
+
+        def save(staging: Path) -> None:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-            staging.rename(folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        build_folder_atomically(folder, save)
     return folder

@@ -10,8 +10,6 @@ Model names:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lightalign.atomic import build_folder_atomically
 from lightalign.data.templates import ensure_chat_template
 from lightalign.errors import ModelNotFoundError
 from lightalign.paths import lightalign_home
@@ -54,21 +53,6 @@ class Quantization:
         )
 
 
-def _atomic_build(folder: Path, build) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        build(staging)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process won the race: its folder is as good as ours
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
-
-
 def resolve_model_path(name_or_path: str) -> str:
     """Turn a model name into something ``from_pretrained`` accepts (a folder or a Hub id)."""
     if name_or_path.startswith(EMBEDDED_PREFIX):
@@ -79,7 +63,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
             folder = models_dir / f"tiny-random-{TINY_VERSION}"
             if not (folder / "config.json").is_file():
-                _atomic_build(folder, save_tiny_random)
+                build_folder_atomically(folder, save_tiny_random)
             return str(folder)
         if name == "smollm2-135m-instruct":
             from lightalign.models.embedded import convert_gguf_to_folder, find_gguf_file

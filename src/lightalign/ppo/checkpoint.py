@@ -10,17 +10,16 @@
   other JSON state the recipe adds. Its presence marks the folder complete, as for the TRL-based stages,
   so :func:`lightalign.training.find_resume_checkpoint` finds the newest PPO checkpoint too.
 
-Everything is written into a hidden temporary folder next to the final one and renamed into place: a run
-killed while saving leaves the previous checkpoint as the newest complete one.
+Everything is written into a hidden staging folder next to the final one and renamed into place
+(:func:`lightalign.atomic.build_folder_atomically`): a run killed while saving leaves the previous checkpoint
+as the newest complete one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lightalign.atomic import build_folder_atomically, remove_leftovers
 from lightalign.training import CHECKPOINTS
 
 STATE = "trainer_state.json"
-_TMP_PREFIX = ".tmp-checkpoint-"
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -101,23 +100,18 @@ def save_ppo_checkpoint(
     """
     root = output_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    for torn in root.glob(_TMP_PREFIX + "*"):  # left by a run killed while saving
-        shutil.rmtree(torn, ignore_errors=True)
-    final = root / f"checkpoint-{step}"
-    staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{step}-", dir=root))
-    try:
+    remove_leftovers(root, "checkpoint-*")  # of a run killed while saving (one writer per run directory)
+
+    def write(staging: Path) -> None:
         save_file({k: v.contiguous() for k, v in trainable.items()}, staging / "trainable.safetensors")
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         torch.save(capture_rng_state(), staging / "rng.pt")
         # Written last: its presence is what marks a checkpoint complete.
         (staging / STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
-        if final.exists():  # a rerun reaching the same update again: replace the old one
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    # replace=True: a rerun reaching the same update again replaces the old checkpoint with the new state
+    final = build_folder_atomically(root / f"checkpoint-{step}", write, replace=True)
     if keep > 0:
         done = sorted(
             (p for p in root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / STATE).is_file()),
