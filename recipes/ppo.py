@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import prepare_model_for_kbit_training
 from tqdm.auto import tqdm
-from transformers import get_scheduler, set_seed
+from transformers import TrainingArguments, get_scheduler, set_seed
 
 from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
@@ -59,7 +59,8 @@ from lightalign.rundir import (
     write_metrics,
 )
 from lightalign.stage import run_directory, save_config
-from lightalign.training import find_resume_checkpoint
+from lightalign.trackers import TrackerLog, trl_report_to
+from lightalign.training import build_trl_args, find_resume_checkpoint
 
 register_configs()
 
@@ -181,6 +182,9 @@ def main(cfg: DictConfig) -> None:
         start = checkpoint.step
         print(f"resuming from {resume_from} (update {start} of {total})")
     trim_log(out / LOG, run.stage, start)  # updates after the checkpoint are logged again
+    # trainer.report_to: each logged row goes to that tracker too, through the callbacks TRL stages' trainers use
+    tracker = TrackerLog(build_trl_args(TrainingArguments, trainer, out, precision)
+                         if trl_report_to(trainer.report_to) else None, model=base)
 
     # ---- train: rollout -> PPO epochs -> log -> checkpoint, once per update -------------------------------
     bar = tqdm(total=total, initial=start, desc="ppo updates", unit="update")
@@ -211,6 +215,7 @@ def main(cfg: DictConfig) -> None:
         row.update({"epoch": sampler.epoch + sampler.position / len(prompts), "update_seconds": elapsed,
                     "rollout_seconds": sampled - began, "tokens_per_second": tokens / elapsed})
         append_log(out / LOG, run.stage, step, row)
+        tracker.log(row, step)
         bar.update()
         bar.set_postfix(score=f"{experience['score']:.3f}", kl=f"{experience['kl']:.2f}")
         if trainer.logging_steps > 0 and step % trainer.logging_steps == 0:
@@ -222,11 +227,13 @@ def main(cfg: DictConfig) -> None:
                 ctx = EvalContext(roles.activate_policy(), tokenizer, out / "evals" / f"step-{step}", step=step)
                 evals = run_eval_hooks(hooks, ctx)
             append_log(out / LOG, run.stage, step, {f"eval/{k}": v for k, v in evals.items()})
+            tracker.log({f"eval_{k}": v for k, v in evals.items()}, step)  # shown as eval/{k}, as TRL's
         if step % trainer.save_steps == 0 or step == total:
             state = {"kl_controller": kl_control.state_dict(), "sampler": sampler.state_dict()}
             save_ppo_checkpoint(out, step, trainable=roles.trainable_state_dict(), optimizer=optimizer,
                                 scheduler=scheduler, state=state, keep=trainer.save_total_limit)
     bar.close()
+    tracker.close()
 
     # ---- evaluate --------------------------------------------------------------------------------------------
     metrics: dict[str, float] = {}

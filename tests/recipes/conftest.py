@@ -41,3 +41,17 @@ def reward_run(toy_rankings, tmp_path_factory) -> Path:
                 "trainer.warmup_ratio=0", "trainer.logging_steps=5", f"hydra.run.dir={out}"])
     assert code == 0
     return out
+
+
+@pytest.fixture
+def tensorboard_scalars():
+    """Read back what ``trainer.report_to=tensorboard`` wrote for a run: ``{tag: [(step, value), ...]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def read(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+        runs = sorted((run_dir / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
+        assert len(runs) == 1, runs  # one run, written where the README says
+        events = EventAccumulator(str(runs[0].parent)).Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    return read

@@ -23,6 +23,7 @@ from transformers import LlamaForCausalLM
 from lightalign.cli import main as cli
 from lightalign.models import Quantization, load_base_model
 from lightalign.ppo.checkpoint import load_ppo_checkpoint
+from lightalign.rundir import LOG, read_log
 from lightalign.training import find_resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,3 +148,17 @@ def test_exactly_one_reward_is_required(tmp_path, capsys, reward_run):
     assert cli([*common, "reward=gold_judge", f"ppo.reward_model={reward_run}"]) == 2
     assert cli(common) == 2
     assert capsys.readouterr().err.count("set exactly one reward") == 2
+
+
+def test_report_to_tensorboard_gets_each_update_and_evaluation(tmp_path, tensorboard_scalars):
+    # PPO's own loop, not a transformers trainer: its rows reach the tracker as TRL stages' do
+    out = tmp_path / "run"
+    args = ["run", "ppo", *QUICK, "reward=gold_judge", "trainer.max_steps=2", "eval.num_prompts=2",
+            "eval.every_n_steps=2", "eval.evaluate_base=false", "trainer.report_to=tensorboard", f"hydra.run.dir={out}"]
+    assert cli(args) == 0
+    scalars = tensorboard_scalars(out)
+    logged = [row for row in read_log(out / LOG) if "score" in row]
+    assert [row["step"] for row in logged] == [1, 2]
+    for key in ("score", "kl", "policy_loss", "value_loss"):  # the same numbers as the JSONL log
+        assert scalars[f"train/{key}"] == [(row["step"], pytest.approx(row[key], rel=1e-5)) for row in logged]
+    assert [step for step, _ in scalars["eval/kl_to_base"]] == [2]

@@ -20,6 +20,7 @@ from lightalign.data import load_lm_examples
 from lightalign.data.collators import LMCollator
 from lightalign.data.tokenize import tokenize_lm_examples
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model, resolve_precision
+from lightalign.rundir import LOG, read_log
 from lightalign.training import TrainerSettings, build_trl_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,3 +113,14 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, overrides, expecte
     assert code != 0 and expected in err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_report_to_tensorboard_writes_the_loss(tmp_path, tensorboard_scalars):
+    out = tmp_path / "run"
+    args = ["run", "sft", "model=tiny-random", "trainer.max_steps=2", "trainer.logging_steps=1", "eval.num_prompts=0",
+            "trainer.report_to=tensorboard", f"hydra.run.dir={out}"]
+    assert cli(args) == 0
+    loss = tensorboard_scalars(out)["train/loss"]
+    logged = [row for row in read_log(out / LOG) if "loss" in row]
+    assert [step for step, _ in loss] == [1, 2] and [row["step"] for row in logged] == [1, 2]
+    assert [value for _, value in loss] == [pytest.approx(row["loss"], rel=1e-5) for row in logged]

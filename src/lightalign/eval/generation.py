@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import Message
+from lightalign.progress import progress_bar
 
 
 @dataclass
@@ -50,7 +50,7 @@ def generate_answers(
     device = next(model.parameters()).device
     answers: list[Answer] = []
     sampling = temperature > 0
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
+    bar = progress_bar(len(prompts), desc, unit="prompt")
     try:
         for start in range(0, len(prompts), batch_size):
             encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]

@@ -23,6 +23,7 @@ from lightalign.data.collators import pad_lm
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
 from lightalign.eval.generation import Answer, generate_answers
+from lightalign.progress import iter_batches
 from lightalign.rundir import read_log
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -84,6 +85,11 @@ class EvalHook(Protocol):
     def __call__(self, ctx: EvalContext) -> dict[str, float]: ...
 
 
+def eval_desc(ctx: EvalContext, what: str) -> str:
+    """The label of an evaluation's progress bar: ``eval model answers``, ``eval base loss``."""
+    return f"eval {ctx.prefix.rstrip('_') or 'model'} {what}"
+
+
 def run_eval_hooks(hooks: Sequence[EvalHook], ctx: EvalContext) -> dict[str, float]:
     """Run every hook and merge their metrics, each key prefixed with ``ctx.prefix``."""
     metrics: dict[str, float] = {}
@@ -119,8 +125,8 @@ class HeldOutLoss:
         device = next(model.parameters()).device
         total_loss, total_tokens = 0.0, 0
         try:
-            for start in range(0, len(self.rows), self.batch_size):
-                batch = pad_lm(self.rows[start : start + self.batch_size], self.pad_token_id)
+            for rows in iter_batches(self.rows, self.batch_size, eval_desc(ctx, "loss")):
+                batch = pad_lm(rows, self.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 labels = batch["labels"][:, 1:]
@@ -161,7 +167,7 @@ class SampleAnswers:
             [p.prompt for p in self.prompts],
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
-            desc=f"eval {ctx.prefix or 'model '}answers",
+            desc=eval_desc(ctx, "answers"),
         )
         return self.record(ctx, answers)
 

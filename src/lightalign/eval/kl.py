@@ -15,9 +15,10 @@ from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import PromptOnly
 from lightalign.eval.generation import stop_token_ids
-from lightalign.eval.hooks import EvalContext
+from lightalign.eval.hooks import EvalContext, eval_desc
 from lightalign.models.reference import use_reference
 from lightalign.ppo.sampling import logprobs_from_logits, response_logits, sample_responses
+from lightalign.progress import iter_batches
 
 
 @dataclass
@@ -48,8 +49,9 @@ class ReferenceKL:
         device = next(model.parameters()).device
         total_kl, total_tokens, answers = 0.0, 0, 0
         try:
-            for start in range(0, len(self.prompts), self.batch_size):
-                encoded = [encode_prompt(tokenizer, p.prompt) for p in self.prompts[start : start + self.batch_size]]
+            for prompts in iter_batches(self.prompts, self.batch_size, eval_desc(ctx, f"KL to {self.reference_name}"),
+                                        unit="prompt"):
+                encoded = [encode_prompt(tokenizer, p.prompt) for p in prompts]
                 batch = {k: v.to(device) for k, v in pad_prompts(encoded, tokenizer.pad_token_id).items()}
                 sampled = sample_responses(
                     model,

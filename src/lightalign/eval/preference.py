@@ -20,9 +20,10 @@ from lightalign.data.collators import pad_lm
 from lightalign.data.preference import prompt_key
 from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
 from lightalign.data.types import PreferencePair
-from lightalign.eval.hooks import EvalContext, SampleAnswers
+from lightalign.eval.hooks import EvalContext, SampleAnswers, eval_desc
 from lightalign.models.reference import use_reference
 from lightalign.ppo.sampling import logprobs_from_logits
+from lightalign.progress import iter_batches
 from lightalign.reward_model import score_sequences
 from lightalign.rundir import SAMPLES, read_log
 
@@ -53,7 +54,9 @@ class PairwiseAccuracy:
                 if key not in index:
                     index[key] = len(sequences)
                     sequences.append(keep_last(encode_exchange(ctx.tokenizer, pair.prompt, answer), self.max_length))
-        scores = score_sequences(ctx.model, sequences, ctx.tokenizer.pad_token_id, batch_size=self.batch_size)
+        scores: list[float] = []
+        for batch in iter_batches(sequences, self.batch_size, eval_desc(ctx, "scores"), unit="answer"):
+            scores += score_sequences(ctx.model, batch, ctx.tokenizer.pad_token_id, batch_size=self.batch_size)
         margins = [scores[index[(prompt_key(p), p.chosen)]] - scores[index[(prompt_key(p), p.rejected)]]
                    for p in self.pairs]
         return {"pairwise_accuracy": _mean([m > 0 for m in margins]), "mean_margin": _mean(margins),
@@ -62,7 +65,7 @@ class PairwiseAccuracy:
 
 @torch.no_grad()
 def completion_logprobs(
-    model: PreTrainedModel, rows: Sequence[dict], pad_token_id: int, *, batch_size: int = 8
+    model: PreTrainedModel, rows: Sequence[dict], pad_token_id: int, *, batch_size: int = 8, desc: str = "log-probs"
 ) -> tuple[list[float], list[float]]:
     """Summed log-probabilities of the chosen and of the rejected answer of each tokenised pair.
 
@@ -80,21 +83,22 @@ def completion_logprobs(
                 index[seq] = len(sequences)
                 sequences.append({"input_ids": row["prompt_ids"] + row[key],
                                   "labels": [IGNORE_INDEX] * len(row["prompt_ids"]) + row[key]})
-    sums = _sequence_logprobs(model, sequences, pad_token_id, batch_size)
+    sums = _sequence_logprobs(model, sequences, pad_token_id, batch_size, desc)
     chosen = [sums[index[(tuple(r["prompt_ids"]), tuple(r["chosen_ids"]))]] for r in rows]
     rejected = [sums[index[(tuple(r["prompt_ids"]), tuple(r["rejected_ids"]))]] for r in rows]
     return chosen, rejected
 
 
-def _sequence_logprobs(model: PreTrainedModel, rows: Sequence[dict], pad_token_id: int, batch_size: int) -> list[float]:
+def _sequence_logprobs(model: PreTrainedModel, rows: Sequence[dict], pad_token_id: int, batch_size: int,
+                       desc: str) -> list[float]:
     """Summed log-probability of each row's labelled tokens (``pad_lm`` rows)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     sums: list[float] = []
     try:
-        for start in range(0, len(rows), batch_size):
-            batch = {k: v.to(device) for k, v in pad_lm(rows[start : start + batch_size], pad_token_id).items()}
+        for chunk in iter_batches(rows, batch_size, desc, unit="answer"):
+            batch = {k: v.to(device) for k, v in pad_lm(chunk, pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             labels = batch["labels"][:, 1:]
             token_logps = logprobs_from_logits(logits[:, :-1], labels.clamp(min=0)) * (labels != IGNORE_INDEX)
@@ -120,9 +124,11 @@ class ImplicitRewardAccuracy:
     name: str = "implicit_reward"
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        policy = completion_logprobs(ctx.model, self.rows, self.pad_token_id, batch_size=self.batch_size)
+        policy = completion_logprobs(ctx.model, self.rows, self.pad_token_id, batch_size=self.batch_size,
+                                     desc=eval_desc(ctx, "log-probs"))
         with use_reference(ctx.model):
-            reference = completion_logprobs(ctx.model, self.rows, self.pad_token_id, batch_size=self.batch_size)
+            reference = completion_logprobs(ctx.model, self.rows, self.pad_token_id, batch_size=self.batch_size,
+                                            desc=eval_desc(ctx, "reference log-probs"))
         chosen = [self.beta * (p - r) for p, r in zip(policy[0], reference[0], strict=True)]
         rejected = [self.beta * (p - r) for p, r in zip(policy[1], reference[1], strict=True)]
         margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
