@@ -3,12 +3,15 @@
     lightalign run reward [overrides]            # or: python recipes/reward.py [overrides]
     lightalign run reward model=tiny-random trainer.max_steps=2 hydra.run.dir=DIR
     lightalign run reward data=jsonl data.train=hh.jsonl data.format=hh data.invalid=skip
+    lightalign run reward data.train=RANKINGS_DIR/rankings.jsonl reward.init_adapter=SFT_RUN_DIR
 
 Supports: K-wise rankings, chosen/rejected pairs (explicit or implicit prompt) and Anthropic HH transcripts
 (lightalign.data.preference); a scalar ``score`` head on the 4-bit (or full-precision) base with LoRA, the
 head trained and saved with the adapter (``modules_to_save``); InstructGPT's loss with one prompt and all
 its ranked answers per batch element; held-out prompts split off the training data (``data.eval_fraction``)
-unless ``data.eval`` names a source; resume from the last checkpoint in DIR. Built on TRL's ``RewardTrainer``.
+unless ``data.eval`` names a source; the reward model's adapter started from the SFT stage's
+(``reward.init_adapter=SFT_RUN_DIR``, as InstructGPT did; the default in pipelines); resume from the last
+checkpoint in DIR. Built on TRL's ``RewardTrainer``.
 
 Writes DIR/adapter/ (LoRA + score head), DIR/metrics.json (pairwise_accuracy, mean_margin; base_* = the
 untrained head), DIR/logs/. Use it with ``lightalign.reward_model.RewardModel.load(DIR)``.
@@ -30,6 +33,8 @@ from lightalign.distributed import is_main_process
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
 from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision
+from lightalign.models.adapters import apply_lora_from
+from lightalign.models.reference import resolve_adapter_dir
 from lightalign.rundir import ADAPTER, LOG, read_json, write_json_atomic, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
 from lightalign.trainers import RankedRewardTrainer
@@ -46,6 +51,8 @@ def main(cfg: DictConfig) -> None:
     config_hash = save_config(cfg, out)
     set_seed(run.trainer.seed)
     precision = resolve_precision(run.trainer.precision)
+    init_adapter = resolve_adapter_dir(run.reward.init_adapter, expected_base=run.model.name_or_path) \
+        if run.reward.init_adapter else None
 
     # ---- setup: tokenizer, data, model -------------------------------------------------------------
     tokenizer = load_tokenizer(
@@ -72,8 +79,14 @@ def main(cfg: DictConfig) -> None:
         attn_implementation=run.model.attn_implementation,
     )
     # The score head is new: train it and save it with the adapter, or the saved reward model is useless.
-    model = apply_lora(model, run.lora, task_type="SEQ_CLS", modules_to_save=["score"],
-                       gradient_checkpointing=run.trainer.gradient_checkpointing)
+    if init_adapter:  # InstructGPT: the reward model starts as the SFT model plus a new head
+        model = apply_lora_from(model, init_adapter, task_type="SEQ_CLS", modules_to_save=["score"],
+                                gradient_checkpointing=run.trainer.gradient_checkpointing)
+    else:
+        model = apply_lora(model, run.lora, task_type="SEQ_CLS", modules_to_save=["score"],
+                           gradient_checkpointing=run.trainer.gradient_checkpointing)
+    print(f"reward model: {'the SFT adapter ' + str(init_adapter) if init_adapter else 'a fresh adapter'} "
+          "on the base, plus a new score head")
     model.print_trainable_parameters()
 
     hooks = []

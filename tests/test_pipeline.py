@@ -36,7 +36,8 @@ def test_unknown_keys_and_pipelines_fail_early():
     with pytest.raises(ConfigError, match="valid: dpo, full, rlhf"):
         load_stages("nope")
     assert {"rlhf", "dpo", "full"} <= set(pipeline_names())
-    assert load_stages("full") == ["sft", "reward", "ppo", "dpo"]
+    assert load_stages("full") == ["sft", "rankings", "reward", "ppo", "dpo"]
+    assert load_stages("rlhf") == ["sft", "rankings", "reward", "ppo"]
     # the dpo pipeline's runs do not land among the dpo stage's own (outputs/dpo/...)
     assert default_run_dir("dpo").parts[:2] == ("outputs", "pipeline-dpo")
     assert default_run_dir("full").parts[:2] == ("outputs", "full")
@@ -51,17 +52,24 @@ def test_full_pipeline_hands_off_resumes_and_reports(tmp_path, capsys):
     run_dir = tmp_path / "run"
     quick = ["model=tiny-random", "trainer.max_steps=2", "eval.num_prompts=2", "eval.max_new_tokens=8",
              f"hydra.run.dir={run_dir}"]
-    # as if killed after its second stage: only sft and reward finished
-    assert cli(["run", "full", "stages=[sft,reward]", *quick]) == 0
+    quick += ["rankings.num_prompts=4", "rankings.max_new_tokens=6"]
+    # as if killed after its second stage: only sft and rankings finished
+    assert cli(["run", "full", "stages=[sft,rankings]", *quick]) == 0
     first = _state(run_dir)
-    assert set(first) == {"sft", "reward"}
+    assert set(first) == {"sft", "rankings"}
 
     assert cli(["run", "full", *quick]) == 0
     second = _state(run_dir)
-    assert second["sft"] == first["sft"] and second["reward"] == first["reward"]  # not re-run
-    assert {s["status"] for s in second.values()} == {"done"} and set(second) == {"sft", "reward", "ppo", "dpo"}
-    # hand-off by stage name
-    assert str(run_dir / "sft") in (run_dir / "dpo" / "config.yaml").read_text()
+    assert second["sft"] == first["sft"] and second["rankings"] == first["rankings"]  # not re-run
+    assert {s["status"] for s in second.values()} == {"done"}
+    assert set(second) == {"sft", "rankings", "reward", "ppo", "dpo"}
+    # hand-off by stage name: the SFT model's answers are ranked, the reward model starts from SFT and learns
+    # those rankings, DPO learns their pairs
+    rankings, reward, dpo = ((run_dir / s / "config.yaml").read_text() for s in ("rankings", "reward", "dpo"))
+    assert f"sft_adapter: {run_dir / 'sft'}" in rankings
+    assert f"init_adapter: {run_dir / 'sft'}" in reward
+    assert f"train: {run_dir / 'rankings' / 'rankings.jsonl'}" in reward
+    assert f"train: {run_dir / 'rankings' / 'pairs.jsonl'}" in dpo and str(run_dir / "sft") in dpo
     assert str(run_dir / "reward") in (run_dir / "ppo" / "config.yaml").read_text()
 
     report = json.loads((run_dir / "report.json").read_text())
@@ -73,12 +81,13 @@ def test_full_pipeline_hands_off_resumes_and_reports(tmp_path, capsys):
     capsys.readouterr()
     assert cli(["run", "full", *quick]) == 0  # unchanged: trains nothing
     assert _state(run_dir) == second
-    assert capsys.readouterr().out.count("skipped") == 4
+    assert capsys.readouterr().out.count("skipped") == 5
 
     assert cli(["run", "full", *quick, "dpo.dpo.beta=0.2"]) == 0  # only DPO's config changed
     third = _state(run_dir)
     assert third["dpo"]["identity"] != second["dpo"]["identity"]
-    assert {k: third[k] for k in ("sft", "reward", "ppo")} == {k: second[k] for k in ("sft", "reward", "ppo")}
+    kept = ("sft", "rankings", "reward", "ppo")
+    assert {k: third[k] for k in kept} == {k: second[k] for k in kept}
 
 
 def test_report_rebuilds_from_a_run_directory(tmp_path):
@@ -123,7 +132,8 @@ def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(t
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     run_dir = tmp_path / "run"
     quick = ["model=tiny-random", "trainer.max_steps=2", "eval.num_prompts=2", "eval.max_new_tokens=8",
-             f"hydra.run.dir={run_dir}", "stages=[sft,reward]", "jobs=2"]
+             f"hydra.run.dir={run_dir}", "stages=[sft,reward]", "jobs=2",
+             "reward.reward.init_adapter=null"]  # the reward model from a fresh adapter: it needs nothing of SFT's
     # sft and reward need nothing from each other: they run at once; the reward stage fails on its data
     assert cli(["run", "full", *quick, f"reward.data.train={tmp_path / 'missing.jsonl'}"]) != 0
     out, err = capsys.readouterr()

@@ -247,9 +247,10 @@ def export_command(args: argparse.Namespace) -> int:
 def rank_command(args: argparse.Namespace) -> int:
     import torch
 
-    from lightalign.commands.rank import rank_prompts, resume_rankings
+    from lightalign.commands.rank import rank_prompts
     from lightalign.data import load_prompt_examples
     from lightalign.eval.generation import generate_answers
+    from lightalign.rankings import resume_rankings
 
     prompts = load_prompt_examples(args.prompts, limit=args.limit)
     resume_rankings(Path(args.out))  # a corrupt output file fails now, not after the model has loaded

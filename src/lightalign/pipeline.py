@@ -40,11 +40,15 @@ STAGE_RECIPES: dict[str, tuple[str, str]] = {
     "reward": ("reward.py", "reward"),
     "dpo": ("dpo.py", "dpo"),
     "ppo": ("ppo.py", "ppo"),
+    "rankings": ("rankings.py", "rankings"),
 }
 
-# stage -> {config key: upstream stage whose run directory it receives}. Used when both are in the pipeline.
+# stage -> {config key: what it receives}: an upstream stage's run directory (``"sft"``) or a file in it
+# (``"rankings/pairs.jsonl"``). Used when both stages are in the pipeline.
 HANDOFF: dict[str, dict[str, str]] = {
-    "dpo": {"dpo.sft_adapter": "sft", "dpo.reward_model": "reward"},
+    "rankings": {"rankings.sft_adapter": "sft"},
+    "reward": {"reward.init_adapter": "sft", "data.train": "rankings/rankings.jsonl"},
+    "dpo": {"dpo.sft_adapter": "sft", "dpo.reward_model": "reward", "data.train": "rankings/pairs.jsonl"},
     "ppo": {"ppo.sft_adapter": "sft", "ppo.reward_model": "reward"},
 }
 
@@ -117,6 +121,11 @@ def route_overrides(overrides: list[str], stages: list[str], top_keys: dict[str,
     return routed
 
 
+def _stage_of(target: str) -> str:
+    """The stage a hand-off target comes from: ``"rankings/pairs.jsonl"`` -> ``"rankings"``."""
+    return target.split("/", 1)[0]
+
+
 def plan(stages: list[str], overrides: list[str], run_dir: Path) -> list[PlannedStage]:
     """Compose every stage's config (failing early on typos) and compute its identity."""
     from lightalign.stage import config_hash
@@ -128,13 +137,13 @@ def plan(stages: list[str], overrides: list[str], run_dir: Path) -> list[Planned
     for stage in stages:
         given = {o.split("=", 1)[0].lstrip("+~") for o in routed[stage]}
         handoff = {
-            key: up
-            for key, up in HANDOFF.get(stage, {}).items()
-            if up in stages[: stages.index(stage)] and key not in given  # an explicit path wins
+            key: target
+            for key, target in HANDOFF.get(stage, {}).items()
+            if _stage_of(target) in stages[: stages.index(stage)] and key not in given  # an explicit path wins
         }
-        stage_overrides = routed[stage] + [f"{key}={run_dir / up}" for key, up in handoff.items()]
+        stage_overrides = routed[stage] + [f"{key}={run_dir / target}" for key, target in handoff.items()]
         digest = config_hash(_compose(stage, stage_overrides))
-        upstream = sorted(set(handoff.values()))
+        upstream = sorted({_stage_of(target) for target in handoff.values()})
         identity = hashlib.sha256(
             (digest + "".join(identities[up] for up in upstream)).encode()
         ).hexdigest()[:16]

@@ -36,6 +36,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl_atomic(path: Path, rows: list[Mapping[str, Any]]) -> None:
+    """Write one JSON object per line via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_metrics(output_dir: Path, metrics: dict[str, float]) -> Path:
     """``metrics.json``: numbers only; a non-finite value is written as null rather than breaking JSON."""
     clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}

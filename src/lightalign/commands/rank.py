@@ -13,31 +13,23 @@ already in the file are skipped. A line torn by a crash mid-write is the only th
 
 from __future__ import annotations
 
-import json
-import os
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from lightalign.commands.terminal import ask
 from lightalign.data.types import Message, PromptOnly
-from lightalign.errors import DataError
+from lightalign.rankings import (
+    Ranking,
+    SampleFn,
+    append_row,
+    distinct_answers,
+    prompt_key,
+    resume_rankings,
+    stored_prompt,
+)
 
-Ranking = list[int | list[int]]
-SampleFn = Callable[[list[Message], int, int], list[str]]  # (prompt, how many, seed) -> answers
 HELP = 'order the answers best first, e.g. "2 1 3"; "=" ties ("2 1=3"); s skips this prompt; q stops'
-
-
-def prompt_key(prompt: str | list[Message]) -> str:
-    """One string per prompt, whether it is stored as text or as a one-message list."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
-
-
-def stored_prompt(prompt: list[Message]) -> str | list[Message]:
-    """A single user turn is stored as plain text (as people write ranking files), anything else as messages."""
-    return prompt[0]["content"] if len(prompt) == 1 and prompt[0]["role"] == "user" else prompt
 
 
 def parse_ordering(text: str, k: int) -> Ranking:
@@ -60,55 +52,6 @@ def parse_ordering(text: str, k: int) -> Ranking:
     if len(ranking) == 1:
         raise ValueError("all answers tied: that says nothing; rank them, or s to skip")
     return ranking
-
-
-def resume_rankings(path: Path) -> set[str]:
-    """Prompt keys already ranked in ``path``, after cutting off a last line torn by a crash mid-write."""
-    if not path.is_file():
-        return set()
-    data = path.read_bytes()
-    end = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as file:  # only the unterminated tail goes: every complete line stays
-            file.truncate(end)
-            file.flush()
-            os.fsync(file.fileno())
-    keys = set()
-    for number, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                keys.add(prompt_key(json.loads(line)["prompt"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DataError(f"{path}:{number}", f"not a ranking row ({err}); fix or move the file") from None
-    return keys
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it (and, for a new file, its folder) before returning."""
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as file:
-        file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    if new:
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-
-
-def distinct_answers(sample: SampleFn, prompt: list[Message], k: int, seed: int, rounds: int = 3) -> list[str]:
-    """Up to ``k`` distinct, non-empty answers; identical answers would make an unusable (tied) ranking."""
-    answers: list[str] = []
-    for attempt in range(rounds):
-        for text in sample(prompt, k - len(answers), seed + attempt):
-            if text.strip() and text not in answers:
-                answers.append(text)
-        if len(answers) >= k:
-            break
-    return answers[:k]
 
 
 def _visible(text: str) -> str:

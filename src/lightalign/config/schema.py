@@ -100,6 +100,9 @@ class RewardOptions:
     """``reward.*``: ``center_rewards_coefficient`` pulls scores towards 0 (useful as a PPO reward)."""
 
     center_rewards_coefficient: float | None = None
+    # InstructGPT starts the reward model from the SFT model: an SFT run dir (or its adapter/) whose LoRA
+    # weights the reward model's adapter starts from (its LoRA shape is used; lora.* is then ignored)
+    init_adapter: str | None = None
 
 
 @dataclass
@@ -149,8 +152,49 @@ class PPOStageConfig(StageConfig):
     reward: Any = None
 
 
+@dataclass
+class RankingsOptions:
+    """``rankings.*``: whose answers are ranked, how they are sampled, and (optionally) a person's rankings.
+
+    ``k`` answers per prompt are sampled from ``sft_adapter`` (a stage's run dir or adapter; null = the base
+    model) at ``temperature``/``top_p`` and ranked by the ``judge`` component; with ``human`` set, the
+    rankings a person wrote with ``lightalign rank`` for the same prompts are used instead of a judge.
+    """
+
+    sft_adapter: str | None = None
+    k: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24
+    num_prompts: int | None = None  # rank at most this many of data.train's prompts
+    batch_size: int = 64  # answers per generate call
+    human: str | None = None  # a `lightalign rank` output file: its rankings instead of the judge's
+    headroom: bool = True  # also measure greedy correctness and pass@k on the held-out prompts (data.prompts)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.k <= 32:
+            raise ConfigError(f"rankings.k={self.k}: rank between 2 and 32 answers per prompt")
+        if not self.temperature > 0:
+            raise ConfigError(f"rankings.temperature={self.temperature}: sampling needs a temperature > 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"rankings.top_p={self.top_p}: give a value in (0, 1]")
+        for key in ("max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"rankings.{key}={getattr(self, key)}: give a positive number")
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise ConfigError(f"rankings.num_prompts={self.num_prompts}: give a positive number or null (all)")
+
+
+@dataclass
+class RankingsStageConfig(StageConfig):
+    rankings: RankingsOptions = field(default_factory=RankingsOptions)
+    # (prompts, answers) -> scores named by _target_ (conf/judge/*.yaml), e.g. lightalign.demo.GoldJudge
+    judge: Any = None
+
+
 SCHEMAS: dict[str, type] = {"sft_schema": SFTStageConfig, "reward_schema": RewardStageConfig,
-                            "dpo_schema": DPOStageConfig, "ppo_schema": PPOStageConfig}
+                            "dpo_schema": DPOStageConfig, "ppo_schema": PPOStageConfig,
+                            "rankings_schema": RankingsStageConfig}
 
 
 def register_configs() -> None:

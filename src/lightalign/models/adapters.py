@@ -67,6 +67,49 @@ def apply_lora(
     return peft_model
 
 
+def apply_lora_from(
+    model: PreTrainedModel,
+    adapter_dir: str | Path,
+    *,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+    gradient_checkpointing: bool = False,
+) -> PeftModel:
+    """A trainable adapter of the saved adapter's shape whose LoRA weights start as the saved ones.
+
+    InstructGPT starts its reward model from the SFT model: here the reward model (``task_type="SEQ_CLS"``,
+    a new ``score`` head in ``modules_to_save``) gets the SFT adapter's rank, alpha and target modules and its
+    LoRA weights, so it starts as the SFT model plus an untrained head. The two models share their body's
+    module names, so every saved LoRA weight has a place; one that does not is an error, not a silent skip.
+
+    Raises:
+        ModelNotFoundError: if ``adapter_dir`` holds no PEFT adapter, or its weights do not fit ``model``.
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
+    saved = LoraConfig.from_pretrained(str(adapter_dir))
+    targets = saved.target_modules
+    settings = LoraSettings(
+        r=saved.r, alpha=saved.lora_alpha, dropout=saved.lora_dropout,
+        target_modules=[targets] if isinstance(targets, str) else sorted(targets),
+    )
+    peft_model = apply_lora(model, settings, task_type=task_type, modules_to_save=modules_to_save,
+                            gradient_checkpointing=gradient_checkpointing)
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    state = get_peft_model_state_dict(peft_model)  # also holds the new head (modules_to_save): kept as it is
+    unexpected = sorted(set(weights) - set(state))
+    if unexpected:
+        raise ModelNotFoundError(f"{adapter_dir}: {len(unexpected)} of its weights fit no module of the model "
+                                 f"(e.g. {unexpected[0]}); was it trained on another base?")
+    set_peft_model_state_dict(peft_model, {**state, **weights})
+    upcast_trainable(peft_model)
+    return peft_model
+
+
 def upcast_trainable(model: PreTrainedModel) -> None:
     """Keep trainable (adapter) weights in fp32.
 
