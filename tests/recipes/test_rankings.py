@@ -51,7 +51,8 @@ def test_rankings_rank_k_sampled_answers_by_the_judge(rankings_run, sft_run):
     metrics = json.loads((rankings_run / "metrics.json").read_text())
     assert metrics["rankings_prompts"] == 6 and metrics["rankings_ranked"] == len(ranked)
     assert metrics["pass_k"] == K and 0 <= metrics["best_of_k_score"] <= 1
-    assert metrics["best_of_k_score"] >= 0 and "gold_score" in metrics
+    assert 0 <= metrics["correct_fraction"] <= 1 and "gold_score" in metrics  # greedy, on the held-out prompts
+    assert 0 <= metrics["sampled_correct_fraction"] <= metrics["pass_at_k"] <= 1
     assert len(read_log(rankings_run / "samples.jsonl")) == 4
     # the reward stage's data layer reads the file as it is, and pairs.jsonl holds every ranked pair
     if ranked:

@@ -7,7 +7,6 @@ prompts with at least one correct sampled answer) against the greedy ``correct_f
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,23 +14,16 @@ import torch
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
 from lightalign.eval.generation import generate_answers
-from lightalign.eval.hooks import EvalContext, untouched_rng
+from lightalign.eval.hooks import EvalContext, judge_correctness, untouched_rng
 from lightalign.rankings import ScoreFn, judge_scores
-
-CorrectFn = Callable[[list[str], list[str]], list[bool]]
-
-
-def correctness_of(judge: object) -> CorrectFn | None:
-    """The judge's ``correct(prompts, answers) -> flags`` method, if it can tell right from wrong."""
-    correct = getattr(judge, "correct", None)
-    return correct if callable(correct) else None
 
 
 @dataclass
 class PassAtK:
     """Sample ``k`` answers per prompt; ``best_of_k_score`` (mean of each prompt's best judge score) and,
-    when the judge has a ``correct`` method, ``pass_at_k`` (share of prompts with a correct answer among
-    the ``k``). ``pass_k`` records ``k``. Sampling runs under its own seed and leaves the global RNG as it was.
+    when the judge can say what is correct (``parts``, see :func:`~lightalign.eval.hooks.judge_correctness`),
+    ``pass_at_k`` (share of prompts with a correct answer among the ``k``) and ``sampled_correct_fraction``.
+    ``pass_k`` records ``k``. Sampling runs under its own seed and leaves the global RNG as it was.
     """
 
     prompts: list[PromptOnly]
@@ -58,9 +50,9 @@ class PassAtK:
         groups = range(0, len(replies), self.k)
         metrics = {"pass_k": float(self.k),
                    "best_of_k_score": sum(max(scores[i : i + self.k]) for i in groups) / len(self.prompts)}
-        correct = correctness_of(self.judge)
-        if correct is not None:
-            flags = list(correct(texts, replies))
+        judged = judge_correctness({"judge": self.judge}, texts, replies)
+        if judged is not None:
+            flags = [row["correct"] for row in judged]
             metrics["pass_at_k"] = sum(any(flags[i : i + self.k]) for i in groups) / len(self.prompts)
             metrics["sampled_correct_fraction"] = sum(flags) / len(flags)
         return metrics

@@ -159,7 +159,8 @@ def keep_4bit_layers_differentiable(model: torch.nn.Module) -> int:
     gradient stops at every 4-bit layer, so only each adapter's own output path learns. Any evaluation before
     training (the base model's scores) or mid-training (PPO's rollouts, eval hooks) triggered it: SFT on the
     demo reached loss 1.39 after 20 steps instead of 0.58. Models here train after they sample, so they keep
-    the differentiable kernel.
+    the differentiable kernel; it also decoded faster on the 2-core CPU (64 answers x 24 tokens of
+    SmolLM2-135M: 9.7 s against 12.2 s repacked).
     """
     import bitsandbytes as bnb
 
