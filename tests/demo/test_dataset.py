@@ -101,10 +101,10 @@ def test_rejects_bad_k(tmp_path: Path) -> None:
 def test_ensure_demo_data_generates_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIGHTALIGN_HOME", str(tmp_path))
     paths = ensure_demo_data(seed=1)
-    root = tmp_path / "data" / "demo-v5-seed1"
+    root = tmp_path / "data" / "demo-v6-seed1"
     assert set(paths) == {"sft", "eval", "prompts", "rankings", "pairs"}
     assert all(p.parent == root and p.is_file() for p in paths.values())
-    assert [p.name for p in root.parent.iterdir()] == ["demo-v5-seed1"]  # no temporary folder left
+    assert [p.name for p in root.parent.iterdir()] == ["demo-v6-seed1"]  # no temporary folder left
 
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("regenerated")

@@ -22,9 +22,11 @@ CHATTER = (
     "Is there anything else I can help you with?",
     "Feel free to ask if you need more help.",
 )
-# Fractions of SFT answers that are a full sentence / end with chatter. Chatter is the most common single
-# form, so the SFT model's greedy answers keep it: the preference stages have something to remove.
-SFT_VERBOSE, SFT_CHATTY = 0.2, 0.5
+# Fractions of SFT answers that are a full sentence / a bare answer with chatter; the rest are bare answers.
+# Mostly full sentences: "The capital of Russia is Moscow." leads the model to the fact, where a bare answer
+# makes it name one at once (SFT on mostly bare answers: capitals 1/7 correct, base 4/7; demo v4, 40 prompts).
+# The preference stages then have something to remove (the extra words, the chatter) without losing the fact.
+SFT_VERBOSE, SFT_CHATTY = 0.6, 0.25
 
 
 def _take(pools: dict[str, list[str]], n: int) -> list[str]:
@@ -96,9 +98,9 @@ def generate_demo(
     words and word pairs that no other split names, not even as a wrong answer in a ranking (a correct
     held-out answer is not a memorised training answer); held-out arithmetic, comparison and sequence prompts
     are prompts no other split asks. SFT answers are all correct, but like real demonstrations only some are
-    concise: 20% are a full sentence and 50% end with chatty boilerplate (``SFT_VERBOSE``, ``SFT_CHATTY``), so
-    SFT teaches the task and only part of the form; the rankings then reward conciseness, which is what
-    reward modelling, PPO and DPO can add on top of SFT.
+    concise: 60% are a full sentence and 25% end with chatty boilerplate (``SFT_VERBOSE``, ``SFT_CHATTY``), so
+    SFT teaches the task and only part of the form; the rankings then reward correct and concise answers, which
+    is what reward modelling, PPO and DPO can add on top of SFT.
 
     Args:
         out_dir: Folder to write into (created if missing).
@@ -171,10 +173,10 @@ def ensure_demo_data(root: Path | None = None, seed: int = 0) -> dict[str, Path]
     """Generate the demo data set once (atomically, safe when several processes do it at once) and return its paths.
 
     Args:
-        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v5-seed{seed}``.
+        root: Target folder; default ``$LIGHTALIGN_HOME/data/demo-v6-seed{seed}``.
         seed: Seed passed to :func:`generate_demo`.
     """
-    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v5-seed{seed}"
+    root = Path(root) if root is not None else lightalign_home() / "data" / f"demo-v6-seed{seed}"
     names = ("sft", "eval", "prompts", "rankings", "pairs")
     if not root.is_dir():
         build_folder_atomically(root, lambda folder: generate_demo(folder, seed=seed))
