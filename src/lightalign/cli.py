@@ -121,6 +121,7 @@ def validate_command(target: str, overrides: list[str]) -> int:
     """Print the resolved config(s) of a stage, a recipe file or every stage of a pipeline."""
     from lightalign.commands.validate import ConfigSource, compose_checked, recipe_config_source, render_config
 
+    run_dir = None  # a pipeline's: the files its stages hand each other do not exist yet
     if target.endswith(".py"):
         source, overrides = recipe_config_source(Path(target), overrides)
         checks = [(source, overrides)]
@@ -134,13 +135,14 @@ def validate_command(target: str, overrides: list[str]) -> int:
         if edits:  # `stages=[sft,dpo]`, as `run` accepts it
             stages = [s.strip() for s in edits[-1].split("=", 1)[1].strip("[]").split(",") if s.strip()]
         passthrough = [o for o in overrides if not o.startswith(("stages=", "hydra.run.dir="))]
-        planned = plan(stages, passthrough, Path("outputs") / target / "RUN")
-        checks = [(ConfigSource(conf_dir(), STAGES[s.name][1], s.name), s.overrides) for s in planned]
+        run_dir = Path("outputs") / target / "RUN"
+        checks = [(ConfigSource(conf_dir(), STAGES[s.name][1], s.name), s.overrides)
+                  for s in plan(stages, passthrough, run_dir)]
     else:
         return _fail(f"unknown stage or pipeline {target!r}; stages: {', '.join(STAGES)}; "
                      f"pipelines: {', '.join(pipeline_names())} (or a recipe .py file)")
     for source, stage_overrides in checks:
-        cfg = compose_checked(source, stage_overrides)
+        cfg = compose_checked(source, stage_overrides, produced_under=run_dir)
         print(f"# ---- {source.label}: valid ----")
         print(render_config(cfg), end="")
     return 0

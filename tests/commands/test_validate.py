@@ -26,6 +26,13 @@ def test_a_pipeline_validates_every_stage_with_routed_overrides(capsys):
     assert dpo["dpo"]["sft_adapter"].endswith("sft")  # handed off by stage name
 
 
+def test_a_pipeline_validates_although_the_files_its_stages_hand_on_do_not_exist_yet(capsys):
+    assert cli(["validate", "rlhf", "trainer.max_steps=2"]) == 0  # reward reads rankings' rankings.jsonl
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# ----")]
+    assert headers == ["# ---- sft: valid ----", "# ---- rankings: valid ----", "# ---- reward: valid ----",
+                       "# ---- ppo: valid ----"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -50,7 +50,7 @@ def tensorboard_scalars():
 
     def read(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
         runs = sorted((run_dir / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
-        assert len(runs) == 1, runs  # one run, written where the README says
+        assert len(runs) == 1, runs  # one run, written where docs/logging.md says
         events = EventAccumulator(str(runs[0].parent)).Reload()
         return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 

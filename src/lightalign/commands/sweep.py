@@ -22,7 +22,7 @@ from lightalign.rundir import METRICS, read_json
 
 CALLBACK_OVERRIDE = "+hydra.callbacks.lightalign_sweep._target_=lightalign.commands.sweep.SweepCallback"
 TABLE_FILE = "sweep.md"
-# Metrics shown first when a job has them (one name per meaning across stages, see README "metric names").
+# Metrics shown first when a job has them (one name per meaning across stages: docs/pipelines.md, "Metric names").
 PREFERRED_METRICS = ("train_loss", "eval_loss", "correct_fraction", "gold_score", "pairwise_accuracy",
                      "implicit_reward_accuracy", "rm_score", "win_rate_gold", "kl_to_sft")
 MAX_METRICS = 6

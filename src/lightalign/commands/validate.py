@@ -59,8 +59,10 @@ def recipe_config_source(recipe: Path, overrides: list[str]) -> tuple[ConfigSour
     return ConfigSource(folder, name, f"{recipe} ({name})"), rest
 
 
-def compose_checked(source: ConfigSource, overrides: list[str]) -> DictConfig:
+def compose_checked(source: ConfigSource, overrides: list[str], produced_under: Path | None = None) -> DictConfig:
     """Compose ``source`` with ``overrides`` and check it (see the module docstring); no model is loaded.
+
+    Files under ``produced_under`` (a pipeline's run directory) are not checked: earlier stages write them.
 
     Raises:
         ConfigError: naming the first problem, in one line.
@@ -82,7 +84,7 @@ def compose_checked(source: ConfigSource, overrides: list[str]) -> DictConfig:
         options = _available_options(str(err))
         message += (f" [key: {key}]" if key else "") + (f"; valid: {', '.join(options)}" if options else "")
         raise ConfigError(f"{source.label}: {message}") from None
-    check_local_paths(cfg)
+    check_local_paths(cfg, produced_under)
     return cfg
 
 
@@ -100,17 +102,19 @@ def _available_options(message: str) -> list[str]:
     return options
 
 
-def check_local_paths(cfg: DictConfig) -> None:
+def check_local_paths(cfg: DictConfig, produced_under: Path | None = None) -> None:
     """Raise if a data source or the base model names a local path that does not exist.
 
     Sources that are not local (``demo:*``, Hub ids, ``lightalign:*`` models) are not checked: that would
-    mean downloading or building them.
+    mean downloading or building them; nor are files under ``produced_under``, which an earlier stage of the
+    pipeline writes (the reward stage's ``data.train=DIR/rankings/rankings.jsonl``).
     """
     for key in DATA_KEYS:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and not value.startswith("demo:"):
             path = Path(value).expanduser()
-            if path.suffix.lower() in LOCAL_SUFFIXES and not path.is_file():
+            pending = produced_under is not None and path.is_relative_to(produced_under)
+            if path.suffix.lower() in LOCAL_SUFFIXES and not path.is_file() and not pending:
                 raise DataError(f"{key}={value}", "file not found")
     model = OmegaConf.select(cfg, "model.name_or_path")
     if isinstance(model, str) and model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
