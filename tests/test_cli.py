@@ -15,7 +15,7 @@ def test_ls_lists_stages_pipelines_and_every_group(capsys):
     assert cli(["ls"]) == 0
     out = capsys.readouterr().out
     assert "stage sft       recipes/sft.py --config-name sft" in out
-    assert "pipeline rlhf   sft -> reward -> ppo" in out
+    assert "pipeline rlhf   sft -> rankings -> reward -> ppo" in out
     assert "model: " in out and "tiny-random" in out and "quant: nf4, none" in out
     assert "pipeline:" not in out  # pipelines are listed with their stages, not as a config group
 
