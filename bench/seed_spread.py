@@ -1,5 +1,4 @@
-"""Does the demo show the recipe working? PPO's and DPO's gold-judge gain over SFT, seed by seed, against the
-spread between seeds.
+"""Does the demo show the recipe working? Correctness and gold-judge gains, seed by seed, with paired errors.
 
     python bench/seed_spread.py --root /tmp/seeds --seeds 0 1 2            # run the main job once per seed
     python bench/seed_spread.py --root /tmp/seeds --seeds 0 1 2 --no-run   # only read the finished runs
@@ -7,20 +6,20 @@ spread between seeds.
 
 For each seed S it runs ``lightalign run full model=smollm2-135m trainer.seed=S hydra.run.dir=ROOT/seed-S``
 (the README's main command with another seed: ``trainer.seed`` reaches every stage, so the SFT model, the
-reward model, PPO's samples and the data order all change; the 32 held-out prompts do not). A finished seed
-is skipped by the pipeline itself, so re-running the script only runs what is missing.
+rankings' samples, the reward model, PPO's samples and the data order all change; the 128 held-out prompts do
+not). A finished seed is skipped by the pipeline itself, so re-running the script only runs what is missing.
 
-Then, per seed, the gold-judge score of SFT, PPO and DPO on the same 32 prompts and each method's gain over
-the SFT model of its own seed (paired per prompt: mean ± standard error over the prompts). Across seeds:
-the mean gain, the spread (sample standard deviation over the seeds) of the gain and of each model's score.
-The verdict is "met" for a method when its gain is positive for every seed and its mean gain is larger than
-every one of those spreads. Run it alone: two torch processes on the same cores slow each other down.
+Then, per seed, from the run's own report (:func:`lightalign.report.collect_paired`): the correct fraction of
+base, SFT, PPO and DPO on the held-out prompts; SFT − base, PPO − SFT and DPO − SFT in correct answers and in
+gold-judge score, each paired per prompt (mean ± paired standard error); the SFT model's pass@k (rankings
+stage) and the reward model's held-out pairwise accuracy on the on-policy rankings. The issue's targets are
+checked per seed: SFT ≥ base in correct answers, PPO and DPO above SFT by more than 2 paired standard errors.
+Run it alone: two torch processes on the same cores slow each other down.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -29,24 +28,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import emit_result, print_table  # noqa: E402
 
-from lightalign.rundir import SAMPLES, read_log  # noqa: E402
+from lightalign.report import PairedDifference, collect_paired, read_sample_rows  # noqa: E402
+from lightalign.rundir import METRICS, read_json  # noqa: E402
 
-MODELS = ("sft", "ppo", "dpo")
-METHODS = ("ppo", "dpo")
-
-
-def per_prompt_gold(run_dir: Path, model: str) -> list[float]:
-    return [row["gold_score"] for row in read_log(run_dir / model / SAMPLES)]
+COMPARISONS = (("sft", "base"), ("ppo", "sft"), ("dpo", "sft"))
 
 
-def paired_gain(method: list[float], sft: list[float]) -> tuple[float, float]:
-    """Mean per-prompt gain and its standard error."""
-    diffs = [m - s for m, s in zip(method, sft, strict=True)]
-    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+def seed_summary(run_dir: Path) -> dict:
+    """The numbers of one seed's run: correct fractions, paired differences, pass@k, reward accuracy."""
+    rows = read_sample_rows(run_dir)
+    differences = {(d.model, d.baseline, d.field): d for d in collect_paired(run_dir)}
+    correct = {model: sum(r["correct"] for r in answers.values()) / len(answers)
+               for model, answers in rows.items() if answers and all("correct" in r for r in answers.values())}
+    rankings = read_json(run_dir / "rankings" / METRICS) or {}
+    reward = read_json(run_dir / "reward" / METRICS) or {}
+    return {"correct": correct, "differences": differences, "pass_at_k": rankings.get("pass_at_k"),
+            "pass_k": rankings.get("pass_k"), "sft_greedy_correct": rankings.get("correct_fraction"),
+            "reward_accuracy": reward.get("pairwise_accuracy"), "prompts": len(rows.get("sft", {}))}
 
 
-def spread(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else float("nan")
+def _cell(d: PairedDifference | None) -> str:
+    return "—" if d is None or d.se is None else f"{d.mean:+.3f} ± {d.se:.3f}"
 
 
 def main() -> None:
@@ -71,38 +73,41 @@ def main() -> None:
             sys.exit(f"seed {seed}: the pipeline failed; its log is above")
         walls[seed] = time.perf_counter() - began
 
-    scores: dict[str, list[float]] = {model: [] for model in MODELS}
-    gains: dict[str, list[float]] = {method: [] for method in METHODS}
-    rows = []
-    for seed in args.seeds:
-        run_dir = args.root / f"seed-{seed}"
-        gold = {model: per_prompt_gold(run_dir, model) for model in MODELS}
-        row = [str(seed)]
-        for model in MODELS:
-            scores[model].append(statistics.mean(gold[model]))
-            row.append(f"{scores[model][-1]:.3f}")
-        for method in METHODS:
-            mean, error = paired_gain(gold[method], gold["sft"])
-            gains[method].append(mean)
-            row.append(f"{mean:+.3f} ± {error:.3f}")
-        row.append(f"{walls[seed]:.0f}" if seed in walls else "—")
+    summaries = {seed: seed_summary(args.root / f"seed-{seed}") for seed in args.seeds}
+    rows, verdicts = [], {}
+    for seed, summary in summaries.items():
+        correct, diff = summary["correct"], summary["differences"]
+        row = [str(seed), str(summary["prompts"])]
+        row += [f"{correct[m]:.3f}" if m in correct else "—" for m in ("base", "sft", "ppo", "dpo")]
+        row += [_cell(diff.get((m, b, "correct"))) for m, b in COMPARISONS]
+        row += [_cell(diff.get((m, b, "gold_score"))) for m, b in COMPARISONS]
+        row += [f"{summary['pass_at_k']:.3f}" if summary["pass_at_k"] is not None else "—",
+                f"{summary['reward_accuracy']:.3f}" if summary["reward_accuracy"] is not None else "—",
+                f"{walls[seed]:.0f}" if seed in walls else "—"]
         rows.append(row)
+        for model, baseline in COMPARISONS:
+            d = diff.get((model, baseline, "correct"))
+            bar = 0.0 if model == "sft" else 2 * (d.se or 0.0) if d else 0.0
+            met = d is not None and (d.mean >= 0 if model == "sft" else d.mean > bar)
+            verdicts.setdefault(f"{model} vs {baseline}", []).append(met)
     print()
-    print_table(["seed", "sft gold", "ppo gold", "dpo gold", "ppo − sft (paired)", "dpo − sft (paired)", "wall s"],
-                rows)
-
+    print_table(["seed", "prompts", "base correct", "sft correct", "ppo correct", "dpo correct",
+                 "Δ correct sft−base", "Δ correct ppo−sft", "Δ correct dpo−sft",
+                 "Δ gold sft−base", "Δ gold ppo−sft", "Δ gold dpo−sft", "sft pass@k", "RM accuracy", "wall s"], rows)
     print()
-    summary, verdicts = [], {}
-    for method in METHODS:
-        spreads = {"gain": spread(gains[method]), "sft": spread(scores["sft"]), method: spread(scores[method])}
-        mean_gain = statistics.mean(gains[method])
-        met = min(gains[method]) > 0 and all(mean_gain > value for value in spreads.values())
-        verdicts[method] = met
-        summary.append([method, f"{mean_gain:+.3f}", f"{min(gains[method]):+.3f}", f"{spreads['gain']:.3f}",
-                        f"{spreads['sft']:.3f}", f"{spreads[method]:.3f}", "met" if met else "missed"])
-    print_table(["method", "mean gain", "smallest gain", "spread of gain", "spread of sft", "spread of method",
-                 "beats SFT by more than the seed spread"], summary)
-    emit_result({"seeds": args.seeds, "scores": scores, "gains": gains, "walls_s": walls, "verdicts": verdicts})
+    targets = {"sft vs base": "SFT correct ≥ base", "ppo vs sft": "PPO correct > SFT by > 2 SE",
+               "dpo vs sft": "DPO correct > SFT by > 2 SE"}
+    print_table(["target", "met at seeds", "verdict"],
+                [[targets[k], f"{sum(v)}/{len(v)}", "met" if all(v) else "missed"] for k, v in verdicts.items()])
+    emit_result({
+        "seeds": args.seeds, "walls_s": walls,
+        "correct": {s: v["correct"] for s, v in summaries.items()},
+        "paired": {s: {f"{m}-{b}:{f}": [d.mean, d.se, d.n] for (m, b, f), d in v["differences"].items()}
+                   for s, v in summaries.items()},
+        "pass_at_k": {s: v["pass_at_k"] for s, v in summaries.items()},
+        "reward_accuracy": {s: v["reward_accuracy"] for s, v in summaries.items()},
+        "verdicts": {k: all(v) for k, v in verdicts.items()},
+    })
 
 
 if __name__ == "__main__":

@@ -242,6 +242,28 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:160]
 
 
+# (stage, metrics.json key, what it says) of the numbers that explain the preference stages' results.
+PREFERENCE_DATA: list[tuple[str, str, str]] = [
+    ("rankings", "correct_fraction", "SFT's greedy answers: correct"),
+    ("rankings", "pass_at_k", "SFT's k sampled answers: some answer correct (pass@k)"),
+    ("rankings", "rankings_ranked", "prompts ranked (on-policy: SFT's own sampled answers)"),
+    ("rankings", "rankings_pairs", "pairs from those rankings"),
+    ("reward", "pairwise_accuracy", "reward model: held-out pairwise accuracy"),
+    ("reward", "base_pairwise_accuracy", "reward model before training (its untrained head)"),
+]
+
+
+def collect_preference_data(run_dir: Path) -> list[tuple[str, float]]:
+    """What the preference stages learned from (:data:`PREFERENCE_DATA`), for the numbers a run has."""
+    found = []
+    for stage, key, title in PREFERENCE_DATA:
+        value = _stage_metrics(run_dir, stage).get(key)
+        if value is not None:
+            k = _stage_metrics(run_dir, stage).get("pass_k")
+            found.append((title.replace("(pass@k)", f"(pass@{k:.0f})") if k else title, value))
+    return found
+
+
 def build_report(run_dir: Path) -> Report:
     """Write ``report.md`` and ``report.json`` into ``run_dir`` from what its stages left there."""
     run_dir = Path(run_dir)
@@ -265,6 +287,12 @@ def build_report(run_dir: Path) -> Report:
                   "Per prompt, the first model's answer minus the second's, over the prompts both answered: the mean, "
                   "its standard error (standard deviation of the differences / √n) and whether the mean is more "
                   "than 2 standard errors from 0.", ""]
+    preference = collect_preference_data(run_dir)
+    if preference:
+        lines += ["## Rankings and reward model", "", "| | |", "|---|---:|"]
+        lines += [f"| {title} | {_fmt(value)} |" for title, value in preference]
+        lines += ["", "pass@k above the greedy correct fraction is the room RL has: answers the SFT model can give "
+                  "but does not give first.", ""]
     if samples:
         models = [m for m in ("base", "sft", "ppo", "dpo") if any(m in s for s in samples)]
         lines += ["## Answers to the same prompts", "", "| prompt | " + " | ".join(models) + " |",
@@ -284,6 +312,7 @@ def build_report(run_dir: Path) -> Report:
         "rows": {m: {k: (v if v is None or math.isfinite(v) else None) for k, v in r.items()} for m, r in rows.items()},
         "families": families,
         "paired": [{**asdict(d), "verdict": d.verdict} for d in paired],
+        "preference_data": dict(preference),
         "samples": samples,
         "plots": [p.name for p in plots],
         "stages": state.get("stages", {}),
