@@ -82,6 +82,7 @@ class SeparateRoles:
             load_base_model(model_name, quantization, head="score", compute_dtype=compute), reward)
         self.model = torch.nn.ModuleList([self.policy, self.ref, self.value, self.reward, self.value_head])
         self.temperature = temperature
+        self.pad_token_id = self.reward.config.pad_token_id  # what SharedBaseRewardModel pads with
         for part in self.model:
             disable_dropout(part)
 
@@ -160,7 +161,7 @@ def run_variant(variant: str, model_name: str, sft: Path, reward: Path, rollouts
     load_s = time.perf_counter() - started
     loaded_mb = peak_rss_mb()
     prompts, ids, _ = tokenize_prompts(tokenizer, load_prompt_examples("demo:prompts", limit=rollouts), max_length=256)
-    reward_fn = SharedBaseRewardModel(roles, tokenizer)  # duck-typed: only calls roles.reward_scores
+    reward_fn = SharedBaseRewardModel(roles, tokenizer)  # duck-typed: roles.pad_token_id, roles.reward_scores
     optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=1e-5)
     started = time.perf_counter()
     rollout = collect_rollout(roles, tokenizer, prompts, ids, reward_fn, settings, kl_coef=0.05, forward_batch_size=4)

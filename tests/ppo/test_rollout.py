@@ -116,7 +116,7 @@ def test_shared_base_reward_scores_like_the_reward_stage_model(tiny_random_stage
     classifier = load_base_model(TINY, Quantization(), head="score", compute_dtype=COMPUTE)
     classifier = PeftModel.from_pretrained(classifier, adapter_dir)
     sequences = [encode_exchange(tiny_tokenizer, p.prompt, a) for p, a in zip(prompts[0], answers, strict=True)]
-    expected = score_sequences(classifier, sequences, tiny_tokenizer.pad_token_id)
+    expected = score_sequences(classifier, sequences)
     assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
     # Scoring leaves the policy active, even when it ran inside an evaluation of the bare base.
     assert roles.model.active_adapter == "policy"

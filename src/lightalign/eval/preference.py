@@ -53,7 +53,7 @@ class PairwiseAccuracy:
                 if key not in index:
                     index[key] = len(sequences)
                     sequences.append(keep_last(encode_exchange(ctx.tokenizer, pair.prompt, answer), self.max_length))
-        scores = score_sequences(ctx.model, sequences, ctx.tokenizer.pad_token_id, batch_size=self.batch_size)
+        scores = score_sequences(ctx.model, sequences, batch_size=self.batch_size)
         margins = [scores[index[(prompt_key(p), p.chosen)]] - scores[index[(prompt_key(p), p.rejected)]]
                    for p in self.pairs]
         return {"pairwise_accuracy": _mean([m > 0 for m in margins]), "mean_margin": _mean(margins),

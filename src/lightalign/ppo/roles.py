@@ -63,6 +63,7 @@ from transformers import PreTrainedModel
 
 from lightalign.errors import ConfigError, ModelNotFoundError
 from lightalign.models.adapters import upcast_trainable
+from lightalign.models.score_position import score_pad_token_id, scored_positions
 from lightalign.ppo.sampling import (
     GeneratedResponses,
     logprobs_from_logits,
@@ -73,19 +74,6 @@ from lightalign.ppo.sampling import (
 
 # Keys of a PEFT SEQ_CLS adapter that hold the classification head (saved via modules_to_save=["score"]).
 _HEAD_SUFFIXES = ("score.weight", "score.bias")
-
-
-def reward_token_index(input_ids: Tensor, attention_mask: Tensor, pad_token_id: int | None) -> Tensor:
-    """Column whose hidden state a sequence-classification reward model scores ``[B]``.
-
-    Mirrors ``AutoModelForSequenceClassification`` (what TRL's ``RewardTrainer`` trained with): the
-    rightmost token that is not ``pad_token_id``. When ``pad == eos`` (SmolLM2) that is the token
-    *before* the final EOS, both in reward training and here, so the scores agree. Without a pad id,
-    the last attended position.
-    """
-    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
-    keep = attention_mask.bool() if pad_token_id is None else input_ids != pad_token_id
-    return (columns * keep.long()).argmax(dim=1)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -137,7 +125,8 @@ class SharedBaseRoles:
         value_head: trainable ``Linear(hidden, 1)`` on the last hidden states under the value adapter.
         reward_head: frozen ``Linear(hidden, 1)`` of the reward model, or None.
         temperature: the sampling temperature; log-probs are computed from ``logits / temperature``.
-        pad_token_id: the pad id the reward model was trained with (locates the scored token).
+        pad_token_id: the pad id the reward head pools with (:func:`~lightalign.models.score_position.
+            score_pad_token_id`); needed with a reward head.
         policy_adapter, value_adapter, reward_adapter: adapter names.
         ref_adapter: the frozen reference adapter, or None for "base model with adapters disabled".
     """
@@ -157,6 +146,8 @@ class SharedBaseRoles:
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if reward_head is not None and pad_token_id is None:
+            raise ValueError("a reward head needs pad_token_id, the pad id it pools with (score_pad_token_id)")
         needed = [name for name in (policy_adapter, value_adapter, reward_adapter, ref_adapter) if name]
         missing = [name for name in needed if name not in model.peft_config]
         if missing:
@@ -273,8 +264,8 @@ class SharedBaseRoles:
 
     @torch.no_grad()
     def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Reward model score of each right-padded full sequence ``[B]`` (no grad), read where the reward
-        model was trained to read it (see :func:`reward_token_index`).
+        """Reward model score of each full sequence ``[B]`` (no grad), read where the reward model was trained
+        to read it (:func:`~lightalign.models.score_position.scored_positions`, with ``self.pad_token_id``).
 
         Unlike the other roles this one puts the model back as it found it (active adapter, adapters
         disabled or not), so it can score answers in the middle of an evaluation of another role.
@@ -284,7 +275,7 @@ class SharedBaseRoles:
         with self._scoring():
             hidden = self._hidden_states(input_ids, attention_mask)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        last = hidden[rows, reward_token_index(input_ids, attention_mask, self.pad_token_id)]
+        last = hidden[rows, scored_positions(input_ids, attention_mask, self.pad_token_id)]
         return self.reward_head(last.to(self.reward_head.weight.dtype)).squeeze(-1)
 
     @contextmanager
@@ -437,7 +428,9 @@ def load_shared_base_roles(
             and a new head. Default: ``"reward"`` if there is a reward adapter, else ``"fresh"``.
         policy_lora_config: the fresh policy adapter's settings when there is no SFT adapter.
         temperature: sampling temperature, used for log-probs as well.
-        pad_token_id: pad id the reward model was trained with; default ``base.config``'s.
+        pad_token_id: the pad id the reward model pooled with in training; default
+            :func:`~lightalign.models.score_position.score_pad_token_id` of ``base.config`` (the same
+            checkpoint's config gives the same id as the reward stage's sequence-classification model).
 
     Returns:
         The roles, with the policy adapter active.
@@ -482,8 +475,8 @@ def load_shared_base_roles(
         value_head = new_value_head(base.config.get_text_config().hidden_size)
 
     device = base.get_input_embeddings().weight.device
-    if pad_token_id is None:
-        pad_token_id = base.config.get_text_config().pad_token_id
+    if pad_token_id is None and reward_head is not None:
+        pad_token_id = score_pad_token_id(base.config)
     roles = SharedBaseRoles(
         model,
         value_head.to(device=device, dtype=torch.float32),
