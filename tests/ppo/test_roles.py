@@ -300,3 +300,18 @@ def test_gradient_checkpointing_needs_one_backward_per_role(tiny_ppo_dirs):
     for name, grad in exact.items():
         torch.testing.assert_close(per_role[name], grad)
     assert any(not torch.allclose(joint[name], grad) for name, grad in exact.items() if ".policy." in name)
+
+
+def test_attention_dropout_is_off_in_training_mode(tiny_ppo_dirs, batch):
+    # Llama applies attention dropout functionally (no nn.Dropout) whenever the module is training, and
+    # ppo_update trains in training mode: with it on, the first PPO ratio would not be 1.
+    base = LlamaForCausalLM.from_pretrained(tiny_ppo_dirs["base"], attention_dropout=0.5)
+    roles = load_shared_base_roles(base, tiny_ppo_dirs["sft"], tiny_ppo_dirs["rm"])
+    input_ids, attention_mask, start = batch
+    with torch.no_grad():
+        rollout = roles.policy_logprobs(input_ids, attention_mask, start)  # eval mode
+        values = roles.values(input_ids, attention_mask, start)
+        roles.model.train()
+        for _ in range(2):
+            torch.testing.assert_close(roles.policy_logprobs(input_ids, attention_mask, start), rollout, atol=0, rtol=0)
+            torch.testing.assert_close(roles.values(input_ids, attention_mask, start), values, atol=0, rtol=0)

@@ -31,7 +31,8 @@ Pitfalls this module handles, and one it cannot:
   sampling, and sampling uses no top-k/top-p/repetition penalty from the checkpoint's
   ``generation_config`` (transformers' default ``top_k=50`` would otherwise sample from a different
   distribution than the one PPO's ratio assumes).
-* Dropout (LoRA's too) is switched off: with it the PPO ratio is not 1 on the first mini-batch.
+* Dropout (LoRA's and attention dropout too) is switched off: with it the PPO ratio is not 1 on the first
+  mini-batch.
 * Left-padded prompts get ``position_ids`` from the attention mask, as ``generate`` does.
 * NOT handled: with gradient checkpointing the forward pass is recomputed during ``backward`` under
   whatever adapter is active *then*. Call ``backward`` on the policy loss before computing values (two
@@ -59,7 +60,7 @@ from peft.utils import (
     set_peft_model_state_dict,
 )
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from lightalign.errors import ConfigError, ModelNotFoundError
 from lightalign.models.adapters import upcast_trainable
@@ -77,10 +78,20 @@ _HEAD_SUFFIXES = ("score.weight", "score.bias")
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability to 0 (LoRA dropout included): PPO needs deterministic log-probs."""
+    """Switch every dropout off: PPO needs the same log-probs in the update as in the rollout.
+
+    ``nn.Dropout`` modules (LoRA's included) get ``p = 0``; attention dropout, which Llama, Qwen2 and most
+    transformers models apply functionally in training mode from a float ``attention_dropout`` attribute
+    of each attention layer (copied from ``config.attention_dropout``), is set to 0 there and in the configs.
+    """
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig) and getattr(config, "attention_dropout", None):
+            config.attention_dropout = 0.0
 
 
 def load_score_head(adapter_dir: str | Path) -> nn.Linear:
