@@ -138,13 +138,17 @@ def test_missing_eos_penalty_and_callable_reward(tiny_tokenizer, prompts):
         seen["texts"] = texts
         return [float(len(a)) for a in answers]
 
-    settings = PPOSettings(batch_size=4, max_new_tokens=3, missing_eos_penalty=100.0)
+    # Clip first, then penalise: the other way round the clip would shrink the penalty of 100 to at most 2.
+    settings = PPOSettings(batch_size=4, max_new_tokens=3, missing_eos_penalty=100.0, score_clip=1.0)
     torch.manual_seed(1)
     rollout = collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], length_reward, settings, kl_coef=0.0)
     assert seen["texts"] == [prompt_text(p.prompt) for p in prompts[0]]  # callables get the last user turn
     assert not rollout.ended_with_eos.all()  # 3 tokens of a random model: most are cut off
-    expected = torch.where(rollout.ended_with_eos, rollout.scores, rollout.scores - 100.0)
+    assert rollout.scores.max() > 1  # answers longer than one character: the clip bites
+    clipped = rollout.scores.clamp(-1.0, 1.0)
+    expected = torch.where(rollout.ended_with_eos, clipped, clipped - 100.0)
     torch.testing.assert_close(rollout.paid_scores, expected)
+    torch.testing.assert_close(rollout.rewards.sum(1), expected)  # kl_coef 0: the paid score is all
     torch.testing.assert_close(rollout.logprobs, rollout.ref_logprobs)  # a fresh adapter adds exactly 0
 
 

@@ -27,7 +27,7 @@ from lightalign.ppo.advantages import (
     gae_advantages,
     masked_mean,
     masked_whiten,
-    penalise_missing_eos,
+    paid_scores,
     per_token_rewards,
 )
 from lightalign.ppo.rewards import RewardFn, score_answers
@@ -110,8 +110,8 @@ class Rollout:
     returns: Tensor
     kl: Tensor
     non_score_reward: Tensor
-    scores: Tensor  # as the reward returned them, before the missing-EOS penalty and clipping
-    paid_scores: Tensor  # what the last token was paid
+    scores: Tensor  # as the reward returned them, before clipping and the missing-EOS penalty
+    paid_scores: Tensor  # what the last token was paid: clipped, then penalised
     ended_with_eos: Tensor
     answers: list[str]
 
@@ -224,11 +224,8 @@ def collect_rollout(
 
     answers = decode_answers(tokenizer, sampled.tokens, mask)
     scores = score_answers(reward_fn, prompts, answers).to(device)
-    paid = scores
-    if settings.missing_eos_penalty is not None:
-        paid = penalise_missing_eos(paid, sampled.ended_with_eos, settings.missing_eos_penalty)
-    if settings.score_clip is not None:
-        paid = paid.clamp(-settings.score_clip, settings.score_clip)
+    paid = paid_scores(scores, sampled.ended_with_eos, score_clip=settings.score_clip,
+                       missing_eos_penalty=settings.missing_eos_penalty)
     rewards, kl, non_score_reward = per_token_rewards(
         paid, logprobs, ref_logprobs, mask, kl_coef, kl_estimator=settings.kl_estimator  # type: ignore[arg-type]
     )

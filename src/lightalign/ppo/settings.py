@@ -29,8 +29,8 @@ class PPOSettings:
     kl_target: float | None = None  # set: adaptive β (Ziegler et al.) steering the per-answer KL (nats) here
     kl_horizon: float = 10000.0  # adaptive β: samples to close most of the gap
     kl_estimator: str = "k1"  # k1 = logp - ref_logp (unbiased) | k3 (>= 0, lower variance)
-    missing_eos_penalty: float | None = None  # subtracted from the score of answers cut off without EOS
-    score_clip: float | None = None  # clip scores to [-c, c]
+    missing_eos_penalty: float | None = None  # subtracted (after the clip) from answers cut off without EOS
+    score_clip: float | None = None  # clip scores to [-c, c], before the missing-EOS penalty
     whiten_rewards: bool = False  # rescale per-token rewards to unit variance over the batch (mean kept)
     # ---- advantages and losses
     gamma: float = 1.0
