@@ -129,7 +129,6 @@ def main(cfg: DictConfig) -> None:
         value_init=None if ppo.value_init == "auto" else ppo.value_init,
         policy_lora_config=build_lora_config(run.lora),
         value_lora_config=build_lora_config(run.lora),
-        temperature=ppo.temperature,
     )
     trainable = sum(p.numel() for p in roles.trainable_parameters())
     print(f"policy: {'the SFT adapter ' + str(sft_dir) if sft_dir else 'a fresh adapter'}; reference: "

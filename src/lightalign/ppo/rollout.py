@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -210,6 +211,7 @@ def collect_rollout(
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
+        temperature=settings.temperature,
         top_k=settings.top_k,
         top_p=settings.top_p,
     )
@@ -217,8 +219,11 @@ def collect_rollout(
     input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
     attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
     mask = sampled.mask
-    logprobs = _in_chunks(roles.policy_logprobs, input_ids, attention_mask, start, forward_batch_size)
-    ref_logprobs = _in_chunks(roles.ref_logprobs, input_ids, attention_mask, start, forward_batch_size)
+    at_temperature = {"temperature": settings.temperature}  # the sampling temperature: one source
+    logprobs = _in_chunks(partial(roles.policy_logprobs, **at_temperature), input_ids, attention_mask, start,
+                          forward_batch_size)
+    ref_logprobs = _in_chunks(partial(roles.ref_logprobs, **at_temperature), input_ids, attention_mask, start,
+                              forward_batch_size)
     values = _in_chunks(roles.values, input_ids, attention_mask, start, forward_batch_size)
     roles.activate_policy()
 

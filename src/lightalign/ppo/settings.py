@@ -21,7 +21,7 @@ class PPOSettings:
     # ---- rollouts
     batch_size: int = 8  # prompts sampled (one answer each) per PPO update
     max_new_tokens: int = 48
-    temperature: float = 0.7  # log-probs are computed at the same temperature
+    temperature: float = 0.7  # the one source: sampling and every log-prob (policy, reference) use it
     top_k: int = 0  # 0 = off; on, the sampled distribution is no longer the scored one (ratio != 1)
     top_p: float = 1.0
     # ---- reward = score at the last token - kl_coef * KL(policy || reference) per token
@@ -43,5 +43,7 @@ class PPOSettings:
 
     def __post_init__(self) -> None:
         # OmegaConf.to_object builds this dataclass, so a bad choice fails at compose time, not after model load.
+        if self.temperature <= 0:
+            raise ConfigError(f"ppo.temperature={self.temperature} must be > 0")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"ppo.kl_estimator={self.kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
