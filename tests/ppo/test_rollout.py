@@ -15,7 +15,7 @@ from lightalign.data.tokenize import encode_exchange, tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError
 from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
 from lightalign.models.adapters import build_lora_config
-from lightalign.ppo.advantages import masked_mean, masked_var
+from lightalign.ppo.advantages import gae_advantages, masked_mean, masked_var, masked_whiten
 from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage, score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout, decode_answers
@@ -199,6 +199,28 @@ def test_rollout_of_a_policy_that_left_the_reference(tiny_random_stages, tiny_to
     expected = -0.5 * kl
     expected[torch.arange(4), last] += rollout.scores
     torch.testing.assert_close(rollout.rewards, expected)
+
+
+def test_whiten_rewards_rescales_the_per_token_rewards_keeping_their_mean(tiny_random_stages, tiny_tokenizer,
+                                                                          prompts):
+    roles = tiny_roles(tiny_random_stages, compute=torch.float32)
+    move_policy_away(roles)  # a non-zero KL: rewards at every token, not only at the last
+    rollouts = []
+    for whiten in (False, True):
+        settings = PPOSettings(batch_size=4, max_new_tokens=6, temperature=0.7, whiten_rewards=whiten)
+        torch.manual_seed(0)  # the same answers
+        rollouts.append(collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], letter_count, settings,
+                                        kl_coef=0.5))
+    plain, whitened = rollouts
+    assert torch.equal(plain.input_ids, whitened.input_ids)
+    mask = plain.mask
+    torch.testing.assert_close(whitened.rewards, masked_whiten(plain.rewards, mask, shift_mean=False))
+    assert masked_var(whitened.rewards, mask).item() == pytest.approx(1.0, abs=1e-3)
+    assert masked_var(plain.rewards, mask).item() != pytest.approx(1.0, abs=0.1)
+    # the advantages come from the whitened rewards
+    values = plain.values
+    advantages, _ = gae_advantages(whitened.rewards, values, mask, 1.0, 0.95)
+    torch.testing.assert_close(whitened.advantages, masked_whiten(advantages, mask))
 
 
 def test_score_answers_rejects_bad_rewards(prompts):
