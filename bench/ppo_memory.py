@@ -61,7 +61,7 @@ def make_adapters(model_name: str, folder: Path) -> tuple[Path, Path]:
 class SeparateRoles:
     """Four models behind the methods of ``SharedBaseRoles`` that the rollout and the update call."""
 
-    def __init__(self, model_name: str, sft: Path, reward: Path, quantization, temperature: float) -> None:
+    def __init__(self, model_name: str, sft: Path, reward: Path, quantization) -> None:
         import torch
         from peft import PeftModel
 
@@ -81,7 +81,7 @@ class SeparateRoles:
         self.reward = PeftModel.from_pretrained(
             load_base_model(model_name, quantization, head="score", compute_dtype=compute), reward)
         self.model = torch.nn.ModuleList([self.policy, self.ref, self.value, self.reward, self.value_head])
-        self.temperature = temperature
+        self.pad_token_id = self.reward.config.pad_token_id  # what SharedBaseRewardModel pads with
         for part in self.model:
             disable_dropout(part)
 
@@ -91,23 +91,24 @@ class SeparateRoles:
     def activate_policy(self):
         return self.policy
 
-    def policy_logits(self, input_ids, attention_mask, start):
+    def policy_logits(self, input_ids, attention_mask, start, *, temperature):
         from lightalign.ppo.sampling import response_logits
 
-        return response_logits(self.policy, input_ids, attention_mask, start, self.temperature)
+        return response_logits(self.policy, input_ids, attention_mask, start, temperature)
 
-    def policy_logprobs(self, input_ids, attention_mask, start):
+    def policy_logprobs(self, input_ids, attention_mask, start, *, temperature):
         from lightalign.ppo.sampling import logprobs_from_logits
 
-        return logprobs_from_logits(self.policy_logits(input_ids, attention_mask, start), input_ids[:, start:])
+        logits = self.policy_logits(input_ids, attention_mask, start, temperature=temperature)
+        return logprobs_from_logits(logits, input_ids[:, start:])
 
-    def ref_logprobs(self, input_ids, attention_mask, start):
+    def ref_logprobs(self, input_ids, attention_mask, start, *, temperature):
         import torch
 
         from lightalign.ppo.sampling import logprobs_from_logits, response_logits
 
         with torch.no_grad():
-            logits = response_logits(self.ref, input_ids, attention_mask, start, self.temperature)
+            logits = response_logits(self.ref, input_ids, attention_mask, start, temperature)
         return logprobs_from_logits(logits, input_ids[:, start:])
 
     def values(self, input_ids, attention_mask, start):
@@ -127,7 +128,7 @@ class SeparateRoles:
     def generate(self, prompt_ids, prompt_mask, **kwargs):
         from lightalign.ppo.sampling import sample_responses
 
-        return sample_responses(self.policy, prompt_ids, prompt_mask, temperature=self.temperature, **kwargs)
+        return sample_responses(self.policy, prompt_ids, prompt_mask, **kwargs)
 
 
 def run_variant(variant: str, model_name: str, sft: Path, reward: Path, rollouts: int, new_tokens: int) -> dict:
@@ -153,14 +154,14 @@ def run_variant(variant: str, model_name: str, sft: Path, reward: Path, rollouts
         compute = resolve_precision("auto").compute_dtype
         base = prepare_model_for_kbit_training(load_base_model(model_name, Quantization(), compute_dtype=compute),
                                                use_gradient_checkpointing=False)
-        roles = load_shared_base_roles(base, sft, reward, temperature=settings.temperature)
+        roles = load_shared_base_roles(base, sft, reward)
     else:
         quantization = Quantization(load_in_4bit=variant == "separate-4bit")
-        roles = SeparateRoles(model_name, sft, reward, quantization, settings.temperature)
+        roles = SeparateRoles(model_name, sft, reward, quantization)
     load_s = time.perf_counter() - started
     loaded_mb = peak_rss_mb()
     prompts, ids, _ = tokenize_prompts(tokenizer, load_prompt_examples("demo:prompts", limit=rollouts), max_length=256)
-    reward_fn = SharedBaseRewardModel(roles, tokenizer)  # duck-typed: only calls roles.reward_scores
+    reward_fn = SharedBaseRewardModel(roles, tokenizer)  # duck-typed: roles.pad_token_id, roles.reward_scores
     optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=1e-5)
     started = time.perf_counter()
     rollout = collect_rollout(roles, tokenizer, prompts, ids, reward_fn, settings, kl_coef=0.05, forward_batch_size=4)

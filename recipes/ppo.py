@@ -10,8 +10,8 @@ Supports: policy, reference, value and reward as four LoRA adapters on one (4-bi
 frozen copy of it) or from a fresh adapter (the reference is the base); the reward is a reward stage's model
 (``ppo.reward_model``, which also initialises the value role) or any ``(prompts, answers) -> scores`` callable
 (``reward._target_``). Per update: sample ``ppo.batch_size`` answers (temperature/top-k/top-p), reward = score
-at the last token - β·KL per token (β fixed, or adaptive with ``ppo.kl_target``), optional missing-EOS penalty,
-score clipping and reward whitening; GAE, whitened advantages; ``ppo.num_ppo_epochs`` epochs of clipped policy
+at the last token - β·KL per token (β fixed, or adaptive with ``ppo.kl_target``), optional score clip
+then missing-EOS penalty, reward whitening; GAE, whitened advantages; ``ppo.num_ppo_epochs`` epochs of clipped policy
 and value losses over shuffled mini-batches, entropy bonus, gradient clipping and accumulation. ``trainer.max_steps``
 counts PPO updates. Checkpoints every ``trainer.save_steps`` updates (atomic); the same command resumes.
 
@@ -130,7 +130,6 @@ def main(cfg: DictConfig) -> None:
         value_init=None if ppo.value_init == "auto" else ppo.value_init,
         policy_lora_config=build_lora_config(run.lora),
         value_lora_config=build_lora_config(run.lora),
-        temperature=ppo.temperature,
     )
     trainable = sum(p.numel() for p in roles.trainable_parameters())
     print(f"policy: {'the SFT adapter ' + str(sft_dir) if sft_dir else 'a fresh adapter'}; reference: "

@@ -16,8 +16,8 @@ def reward_model(tiny_model_dir, tiny_tokenizer):
 
 def test_padding_does_not_change_a_score(reward_model):
     short, long = [5, 6, 7], [5, 6, 7, 8, 9, 10, 11]
-    alone = score_sequences(reward_model.model, [short], reward_model.tokenizer.pad_token_id)
-    batched = score_sequences(reward_model.model, [short, long], reward_model.tokenizer.pad_token_id)
+    alone = score_sequences(reward_model.model, [short])
+    batched = score_sequences(reward_model.model, [short, long])
     assert batched[0] == pytest.approx(alone[0], abs=1e-4)
     assert batched[1] != pytest.approx(batched[0], abs=1e-6)
 

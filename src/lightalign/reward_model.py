@@ -26,19 +26,23 @@ from lightalign.errors import ConfigError
 from lightalign.models.loading import Quantization, load_base_model, load_tokenizer
 from lightalign.models.precision import resolve_precision
 from lightalign.models.reference import resolve_adapter_dir
+from lightalign.models.score_position import score_pad_token_id
 from lightalign.rundir import CONFIG
 
 Prompt = str | list[Message]
 
 
 @torch.no_grad()
-def score_sequences(
-    model: PreTrainedModel, sequences: Sequence[Sequence[int]], pad_token_id: int, *, batch_size: int = 8
-) -> list[float]:
-    """The scalar score of each token sequence, in batches (the model is left in the mode it was in)."""
+def score_sequences(model: PreTrainedModel, sequences: Sequence[Sequence[int]], *, batch_size: int = 8) -> list[float]:
+    """The scalar score of each token sequence, in batches (the model is left in the mode it was in).
+
+    Padded with the id the score head pools with, so each score is read where training read it
+    (:mod:`lightalign.models.score_position`), whatever the tokenizer's pad token.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    pad_token_id = score_pad_token_id(model.config)
     scores: list[float] = []
     try:
         for start in range(0, len(sequences), batch_size):
@@ -113,7 +117,7 @@ class RewardModel:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         sequences = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=self.batch_size)
+        return score_sequences(self.model, sequences, batch_size=self.batch_size)
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         return self.score(prompts, responses)

@@ -14,6 +14,7 @@ from trl import DPOTrainer, RewardTrainer
 
 from lightalign.errors import ConfigError
 from lightalign.models.adapters import upcast_trainable
+from lightalign.models.score_position import score_head_inputs
 
 # The pairwise losses of TRL 1.16's DPOTrainer that need nothing but beta (exo_pair needs label smoothing).
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -61,7 +62,10 @@ class RankedRewardTrainer(RewardTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         mode = "train" if self.model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        # Padding rewritten to the id the score head pools with: the collator pads with the tokenizer's pad id,
+        # which may differ (lightalign.models.score_position), and the head would then score a pad token.
+        input_ids = score_head_inputs(inputs["input_ids"], inputs["attention_mask"], self.model.config)
+        outputs = model(input_ids=input_ids, attention_mask=inputs["attention_mask"], use_cache=False)
         rewards = outputs.logits.squeeze(-1)
         loss = ranking_loss(rewards, inputs["chosen_index"], inputs["rejected_index"], inputs["pair_weight"])
         if self.args.center_rewards_coefficient is not None:

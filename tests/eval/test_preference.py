@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import PretrainedConfig
 
 from lightalign.data.preference import to_preference_pairs
 from lightalign.data.tokenize import tokenize_preference_pairs
@@ -32,6 +33,7 @@ class LengthScorer(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = PretrainedConfig(pad_token_id=0)  # the pad id its (imaginary) score head pools with
         self.rows_scored = 0
 
     def forward(self, input_ids, attention_mask, use_cache=False):

@@ -11,7 +11,7 @@ from lightalign.ppo.advantages import (
     gae_advantages,
     masked_mean,
     masked_whiten,
-    penalise_missing_eos,
+    paid_scores,
     per_token_rewards,
 )
 
@@ -91,16 +91,15 @@ def test_per_token_rewards_k1_by_hand():
     close(rewards, [[-0.05, 0.0, 2.05, 0.0]])
 
 
-def test_per_token_rewards_k3_and_score_clip():
+def test_per_token_rewards_k3():
     # k3 = exp(-(logp - ref)) - 1 + (logp - ref): [e^-0.5 - 0.5, 0, e^0.5 - 1.5]
     logprobs = torch.tensor([[-1.0, -2.0, -3.0]])
     ref_logprobs = torch.tensor([[-1.5, -2.0, -2.5]])
     rewards, kl, _ = per_token_rewards(
-        torch.tensor([5.0]), logprobs, ref_logprobs, torch.ones(1, 3), 0.1, kl_estimator="k3", score_clip=1.0
+        torch.tensor([1.0]), logprobs, ref_logprobs, torch.ones(1, 3), 0.1, kl_estimator="k3"
     )
     k3 = [math.exp(-0.5) - 0.5, 0.0, math.exp(0.5) - 1.5]
     close(kl, [k3])
-    # score 5 clipped to 1
     close(rewards, [[-0.1 * k3[0], 0.0, 1.0 - 0.1 * k3[2]]])
     with pytest.raises(ValueError, match="kl_estimator"):
         per_token_rewards(torch.zeros(1), logprobs, ref_logprobs, torch.ones(1, 3), 0.1, kl_estimator="k2")
@@ -113,7 +112,12 @@ def test_per_token_rewards_puts_score_at_last_real_token_of_each_row():
     close(rewards, [[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
 
 
-def test_penalise_missing_eos():
+def test_paid_scores_clip_then_penalise():
     scores = torch.tensor([1.0, 1.0, -0.5])
     ended = torch.tensor([True, False, False])
-    close(penalise_missing_eos(scores, ended, penalty=2.0), [1.0, -1.0, -2.5])
+    close(paid_scores(scores, ended, missing_eos_penalty=2.0), [1.0, -1.0, -2.5])
+    close(paid_scores(scores, ended), [1.0, 1.0, -0.5])
+    # clip 1, penalty 5: finished 9 -> 1; cut off 9 -> 1 - 5 = -4 and -9 -> -1 - 5 = -6. Penalising first would
+    # clip both cut-off answers to -1: the penalty would be worth 2, not 5.
+    scores = torch.tensor([9.0, 9.0, -9.0])
+    close(paid_scores(scores, ended, score_clip=1.0, missing_eos_penalty=5.0), [1.0, -4.0, -6.0])

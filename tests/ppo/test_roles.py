@@ -5,6 +5,7 @@ Fixtures (``tiny_ppo_dirs``, ``batch``) are in this folder's conftest.py.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -61,13 +62,14 @@ def one_ppo_step(roles: SharedBaseRoles, batch) -> None:
     input_ids, attention_mask, start = batch
     mask = attention_mask[:, start:]
     with torch.no_grad():
-        old_logprobs = roles.policy_logprobs(input_ids, attention_mask, start)
+        old_logprobs = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)
         old_values = roles.values(input_ids, attention_mask, start)
-    roles.ref_logprobs(input_ids, attention_mask, start)
+    roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0)
     roles.reward_scores(input_ids, attention_mask)
     optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=1e-2)
     advantages = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.5, -0.5, 1.0, -1.0]])
-    loss, _ = policy_loss(roles.policy_logprobs(input_ids, attention_mask, start), old_logprobs, advantages, mask, 0.2)
+    new_logprobs = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)
+    loss, _ = policy_loss(new_logprobs, old_logprobs, advantages, mask, 0.2)
     loss.backward()
     v_loss, _ = value_loss(roles.values(input_ids, attention_mask, start), old_values, advantages, mask, 0.2)
     v_loss.backward()
@@ -102,8 +104,8 @@ def test_truncate_after_any_of_several_stop_tokens():
 def test_policy_and_reference_agree_at_init_and_only_policy_value_train(tiny_ppo_dirs, batch):
     roles = build_roles(tiny_ppo_dirs)
     input_ids, attention_mask, start = batch
-    policy = roles.policy_logprobs(input_ids, attention_mask, start)
-    ref = roles.ref_logprobs(input_ids, attention_mask, start)
+    policy = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)
+    ref = roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0)
     torch.testing.assert_close(policy, ref)
     assert policy.requires_grad and not ref.requires_grad
     # The adapters really differ from the base: disabling them changes the log-probs.
@@ -129,7 +131,7 @@ def test_reference_base_means_adapters_disabled(tiny_ppo_dirs, batch):
     with torch.no_grad():
         logits = plain(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
     expected = logprobs_from_logits(logits[:, start - 1 : -1], input_ids[:, start:])
-    torch.testing.assert_close(roles.ref_logprobs(input_ids, attention_mask, start), expected)
+    torch.testing.assert_close(roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0), expected)
     # disable_adapter() re-enables adapters on exit by making the active one trainable: check the fix-up.
     assert grad_flags(roles) == {None: {False}, "policy": {True}, "value": {True}, "reward": {False}}
 
@@ -142,12 +144,13 @@ def test_optimizer_step_changes_only_policy_and_value(tiny_ppo_dirs, batch):
 
 
 def test_left_padding_does_not_change_any_role(tiny_ppo_dirs, batch):
-    roles = build_roles(tiny_ppo_dirs, temperature=0.7)
+    roles = build_roles(tiny_ppo_dirs)
     input_ids, attention_mask, start = batch
     # Row 0 has two pad columns on the left; run it again alone without them.
     alone_ids, alone_mask = input_ids[:1, 2:], attention_mask[:1, 2:]
     with torch.no_grad():
-        for fn in (roles.policy_logprobs, roles.ref_logprobs, roles.values):
+        for fn in (partial(roles.policy_logprobs, temperature=0.7), partial(roles.ref_logprobs, temperature=0.7),
+                   roles.values):
             torch.testing.assert_close(fn(input_ids, attention_mask, start)[:1], fn(alone_ids, alone_mask, start - 2))
         torch.testing.assert_close(
             roles.reward_scores(input_ids, attention_mask)[:1], roles.reward_scores(alone_ids, alone_mask)
@@ -155,7 +158,7 @@ def test_left_padding_does_not_change_any_role(tiny_ppo_dirs, batch):
 
 
 def test_logprobs_match_generate_at_the_sampling_temperature(tiny_ppo_dirs):
-    roles = build_roles(tiny_ppo_dirs, temperature=0.7)
+    roles = build_roles(tiny_ppo_dirs)
     prompts = torch.tensor([[PAD_ID, PAD_ID, 5, 6, 7], [9, 10, 11, 12, 13]])
     prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     roles.model.set_adapter("policy")
@@ -174,7 +177,7 @@ def test_logprobs_match_generate_at_the_sampling_temperature(tiny_ppo_dirs):
     attention_mask = torch.cat([prompt_mask, torch.ones(2, 4, dtype=torch.long)], 1)
     raw_logits = torch.stack(out.logits, dim=1)  # [B, T, V], before any temperature
     with torch.no_grad():
-        logits = roles.policy_logits(input_ids, attention_mask, response_start=5)
+        logits = roles.policy_logits(input_ids, attention_mask, response_start=5, temperature=0.7)
     torch.testing.assert_close(logits, raw_logits / 0.7, atol=1e-4, rtol=1e-4)
 
 
@@ -190,7 +193,8 @@ def test_generate_uses_clean_sampling_and_truncates(tiny_ppo_dirs):
     samples = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        samples.append(roles.generate(prompts, prompt_mask, max_new_tokens=6, eos_token_id=EOS_ID, pad_token_id=PAD_ID))
+        samples.append(roles.generate(prompts, prompt_mask, max_new_tokens=6, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+                                      temperature=1.0))
     assert not torch.equal(samples[0].tokens, samples[1].tokens)
     assert roles.model.get_base_model().generation_config is base_config
     for out in samples:
@@ -232,12 +236,12 @@ def test_checkpoint_round_trip_and_policy_handoff(tiny_ppo_dirs, batch, tmp_path
     input_ids, attention_mask, start = batch
     state = roles.trainable_state_dict()
     with torch.no_grad():
-        logprobs = roles.policy_logprobs(input_ids, attention_mask, start)
+        logprobs = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)
         values = roles.values(input_ids, attention_mask, start)
     one_ppo_step(roles, batch)
     roles.load_trainable_state_dict(state)
     with torch.no_grad():
-        torch.testing.assert_close(roles.policy_logprobs(input_ids, attention_mask, start), logprobs)
+        torch.testing.assert_close(roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0), logprobs)
         torch.testing.assert_close(roles.values(input_ids, attention_mask, start), values)
 
     # The saved policy is a plain adapter folder that the next stage can load.
@@ -263,8 +267,8 @@ def test_4bit_shared_base_one_copy_and_frozen_roles(tiny_ppo_dirs, batch):
     assert len(packed) == 14 and len({p.data_ptr() for p in packed}) == 14
     assert sum(isinstance(m, torch.nn.Embedding) for m in roles.model.modules()) == 1
 
-    policy = roles.policy_logprobs(input_ids, attention_mask, start)
-    torch.testing.assert_close(policy, roles.ref_logprobs(input_ids, attention_mask, start))
+    policy = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)
+    torch.testing.assert_close(policy, roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0))
     assert torch.isfinite(roles.values(input_ids, attention_mask, start)).all()
     assert torch.isfinite(roles.reward_scores(input_ids, attention_mask)).all()
 
@@ -282,7 +286,7 @@ def policy_and_value_grads(dirs: dict[str, Path], checkpointing: bool, joint: bo
     roles.model.train()  # checkpointing only runs in training mode
     input_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
     attention_mask = torch.ones_like(input_ids)
-    policy_term = roles.policy_logprobs(input_ids, attention_mask, 4).sum()
+    policy_term = roles.policy_logprobs(input_ids, attention_mask, 4, temperature=1.0).sum()
     if not joint:
         policy_term.backward()
     value_term = roles.values(input_ids, attention_mask, 4).sum()
@@ -300,3 +304,31 @@ def test_gradient_checkpointing_needs_one_backward_per_role(tiny_ppo_dirs):
     for name, grad in exact.items():
         torch.testing.assert_close(per_role[name], grad)
     assert any(not torch.allclose(joint[name], grad) for name, grad in exact.items() if ".policy." in name)
+
+
+def test_attention_dropout_is_off_in_training_mode(tiny_ppo_dirs, batch):
+    # Llama applies attention dropout functionally (no nn.Dropout) whenever the module is training, and
+    # ppo_update trains in training mode: with it on, the first PPO ratio would not be 1.
+    base = LlamaForCausalLM.from_pretrained(tiny_ppo_dirs["base"], attention_dropout=0.5)
+    roles = load_shared_base_roles(base, tiny_ppo_dirs["sft"], tiny_ppo_dirs["rm"])
+    input_ids, attention_mask, start = batch
+    with torch.no_grad():
+        rollout = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)  # eval mode
+        values = roles.values(input_ids, attention_mask, start)
+        roles.model.train()
+        for _ in range(2):
+            torch.testing.assert_close(roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0),
+                                       rollout, atol=0, rtol=0)
+            torch.testing.assert_close(roles.values(input_ids, attention_mask, start), values, atol=0, rtol=0)
+
+
+def test_reference_logprobs_use_the_temperature_they_are_given(tiny_ppo_dirs, batch):
+    roles = build_roles(tiny_ppo_dirs)
+    input_ids, attention_mask, start = batch
+    roles.model.set_adapter("ref")
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        raw = roles.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+    expected = logprobs_from_logits(raw[:, start - 1 : -1] / 0.7, input_ids[:, start:])
+    torch.testing.assert_close(roles.ref_logprobs(input_ids, attention_mask, start, temperature=0.7), expected)
+    assert not torch.allclose(roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0), expected)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel, prepare_model_for_kbit_training
+from torch import Tensor
 
 from lightalign.data import load_prompt_examples
 from lightalign.data.formats import prompt_text
@@ -14,10 +15,11 @@ from lightalign.data.tokenize import encode_exchange, tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError
 from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
 from lightalign.models.adapters import build_lora_config
-from lightalign.ppo.advantages import masked_mean, masked_var
+from lightalign.ppo.advantages import gae_advantages, masked_mean, masked_var, masked_whiten
 from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage, score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout, decode_answers
+from lightalign.ppo.sampling import logprobs_from_logits, position_ids_from_mask
 from lightalign.ppo.settings import PPOSettings
 from lightalign.reward_model import score_sequences
 
@@ -25,17 +27,39 @@ TINY = "lightalign:tiny-random"
 COMPUTE = resolve_precision("auto").compute_dtype  # bf16 is emulated (slow) on CPUs without AVX-512
 
 
-def tiny_roles(stages: dict[str, Path] | None, *, temperature: float = 1.0) -> SharedBaseRoles:
+def tiny_roles(stages: dict[str, Path] | None, *, compute: torch.dtype = COMPUTE) -> SharedBaseRoles:
     """Roles on the 4-bit tiny model; ``stages=None``: fresh policy, no reward model."""
-    base = load_base_model(TINY, Quantization(), compute_dtype=COMPUTE)
+    base = load_base_model(TINY, Quantization(), compute_dtype=compute)
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     return load_shared_base_roles(
         base,
         stages["sft"] if stages else None,
         stages["reward"] / "adapter" if stages else None,
         policy_lora_config=build_lora_config(LoraSettings(r=4, alpha=8)),
-        temperature=temperature,
     )
+
+
+def move_policy_away(roles: SharedBaseRoles) -> None:
+    """Negate the policy adapter's B matrices: policy = base - delta, reference = base + delta."""
+    with torch.no_grad():
+        for name, param in roles.model.named_parameters():
+            if ".lora_B.policy." in name:
+                param.neg_()
+
+
+def logprobs_under(roles: SharedBaseRoles, adapter: str, rollout: Rollout, temperature: float) -> Tensor:
+    """Log-probs of the rollout's answers under ``adapter``, from the raw logits: independent of the roles' code."""
+    roles.model.set_adapter(adapter)
+    ids, mask, start = rollout.input_ids, rollout.attention_mask, rollout.response_start
+    with torch.no_grad():
+        logits = roles.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    roles.activate_policy()
+    logprobs = logprobs_from_logits(logits[:, start - 1 : -1].float() / temperature, ids[:, start:])
+    return torch.where(rollout.mask.bool(), logprobs, torch.zeros_like(logprobs))
+
+
+def letter_count(texts: list[str], answers: list[str]) -> list[float]:
+    return [float(sum(c.isalpha() for c in a)) for a in answers]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +140,7 @@ def test_shared_base_reward_scores_like_the_reward_stage_model(tiny_random_stage
     classifier = load_base_model(TINY, Quantization(), head="score", compute_dtype=COMPUTE)
     classifier = PeftModel.from_pretrained(classifier, adapter_dir)
     sequences = [encode_exchange(tiny_tokenizer, p.prompt, a) for p, a in zip(prompts[0], answers, strict=True)]
-    expected = score_sequences(classifier, sequences, tiny_tokenizer.pad_token_id)
+    expected = score_sequences(classifier, sequences)
     assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
     # Scoring leaves the policy active, even when it ran inside an evaluation of the bare base.
     assert roles.model.active_adapter == "policy"
@@ -138,14 +162,65 @@ def test_missing_eos_penalty_and_callable_reward(tiny_tokenizer, prompts):
         seen["texts"] = texts
         return [float(len(a)) for a in answers]
 
-    settings = PPOSettings(batch_size=4, max_new_tokens=3, missing_eos_penalty=100.0)
+    # Clip first, then penalise: the other way round the clip would shrink the penalty of 100 to at most 2.
+    settings = PPOSettings(batch_size=4, max_new_tokens=3, missing_eos_penalty=100.0, score_clip=1.0)
     torch.manual_seed(1)
     rollout = collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], length_reward, settings, kl_coef=0.0)
     assert seen["texts"] == [prompt_text(p.prompt) for p in prompts[0]]  # callables get the last user turn
     assert not rollout.ended_with_eos.all()  # 3 tokens of a random model: most are cut off
-    expected = torch.where(rollout.ended_with_eos, rollout.scores, rollout.scores - 100.0)
+    assert rollout.scores.max() > 1  # answers longer than one character: the clip bites
+    clipped = rollout.scores.clamp(-1.0, 1.0)
+    expected = torch.where(rollout.ended_with_eos, clipped, clipped - 100.0)
     torch.testing.assert_close(rollout.paid_scores, expected)
+    torch.testing.assert_close(rollout.rewards.sum(1), expected)  # kl_coef 0: the paid score is all
     torch.testing.assert_close(rollout.logprobs, rollout.ref_logprobs)  # a fresh adapter adds exactly 0
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_rollout_of_a_policy_that_left_the_reference(tiny_random_stages, tiny_tokenizer, prompts, estimator):
+    """Policy != reference and temperature != 1: each log-prob, the KL and the rewards are checked against
+    log-probs computed here from each adapter's raw logits (a swap, or a reference at temperature 1, fails)."""
+    roles = tiny_roles(tiny_random_stages, compute=torch.float32)
+    move_policy_away(roles)
+    settings = PPOSettings(batch_size=4, max_new_tokens=6, temperature=0.7, kl_estimator=estimator)
+    torch.manual_seed(0)
+    rollout = collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], letter_count, settings, kl_coef=0.5)
+    policy, reference = logprobs_under(roles, "policy", rollout, 0.7), logprobs_under(roles, "ref", rollout, 0.7)
+    assert (policy - reference).abs().max() > 1e-2  # far apart enough to tell a swap
+    torch.testing.assert_close(rollout.logprobs, policy)
+    torch.testing.assert_close(rollout.ref_logprobs, reference)
+    log_ratio = policy - reference
+    kl = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio  # k3 = (r - 1) - log r
+    torch.testing.assert_close(rollout.kl, kl)
+    if estimator == "k3":
+        assert torch.all(rollout.kl >= 0) and torch.any(log_ratio < 0)  # k3 >= 0 even where k1 is negative
+    torch.testing.assert_close(rollout.non_score_reward, -0.5 * kl)
+    last = rollout.mask.sum(1) - 1
+    expected = -0.5 * kl
+    expected[torch.arange(4), last] += rollout.scores
+    torch.testing.assert_close(rollout.rewards, expected)
+
+
+def test_whiten_rewards_rescales_the_per_token_rewards_keeping_their_mean(tiny_random_stages, tiny_tokenizer,
+                                                                          prompts):
+    roles = tiny_roles(tiny_random_stages, compute=torch.float32)
+    move_policy_away(roles)  # a non-zero KL: rewards at every token, not only at the last
+    rollouts = []
+    for whiten in (False, True):
+        settings = PPOSettings(batch_size=4, max_new_tokens=6, temperature=0.7, whiten_rewards=whiten)
+        torch.manual_seed(0)  # the same answers
+        rollouts.append(collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], letter_count, settings,
+                                        kl_coef=0.5))
+    plain, whitened = rollouts
+    assert torch.equal(plain.input_ids, whitened.input_ids)
+    mask = plain.mask
+    torch.testing.assert_close(whitened.rewards, masked_whiten(plain.rewards, mask, shift_mean=False))
+    assert masked_var(whitened.rewards, mask).item() == pytest.approx(1.0, abs=1e-3)
+    assert masked_var(plain.rewards, mask).item() != pytest.approx(1.0, abs=0.1)
+    # the advantages come from the whitened rewards
+    values = plain.values
+    advantages, _ = gae_advantages(whitened.rewards, values, mask, 1.0, 0.95)
+    torch.testing.assert_close(whitened.advantages, masked_whiten(advantages, mask))
 
 
 def test_score_answers_rejects_bad_rewards(prompts):

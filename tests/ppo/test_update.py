@@ -10,12 +10,14 @@ import torch
 from peft import prepare_model_for_kbit_training
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import lightalign.ppo.rollout as rollout_module
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError
 from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.adapters import build_lora_config
 from lightalign.models.tiny import build_tiny_tokenizer
+from lightalign.ppo.losses import entropy_from_logits
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout
 from lightalign.ppo.settings import PPOSettings
@@ -31,8 +33,9 @@ def letter_fraction(texts: list[str], answers: list[str]) -> list[float]:
     return [sum(c in LETTERS for c in a) / max(len(a), 1) for a in answers]
 
 
-def build_roles(model: str, stages: dict[str, Path] | None = None, checkpointing: bool = False) -> SharedBaseRoles:
-    base = load_base_model(model, Quantization(), compute_dtype=COMPUTE)
+def build_roles(model: str, stages: dict[str, Path] | None = None, checkpointing: bool = False,
+                compute: torch.dtype = COMPUTE) -> SharedBaseRoles:
+    base = load_base_model(model, Quantization(), compute_dtype=compute)
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
     return load_shared_base_roles(base, stages["sft"] if stages else None,
@@ -50,13 +53,20 @@ def trainable_copy(roles: SharedBaseRoles) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in roles.trainable_state_dict().items()}
 
 
-def test_gradient_accumulation_matches_one_big_batch(tiny_tokenizer):
+def never_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rollouts without a stop token (an id outside the vocabulary): every answer runs to max_new_tokens."""
+    monkeypatch.setattr(rollout_module, "stop_token_ids", lambda tokenizer: [len(tokenizer)])
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_tokenizer, monkeypatch):
     """Two micro-batches of 2 accumulate to the same step as one batch of 4 (equal-length rows: same weights)."""
     settings = PPOSettings(batch_size=4, max_new_tokens=4, num_ppo_epochs=1, entropy_coef=0.01)
     roles = build_roles(TINY)
+    # Equal lengths make "mean of micro-batch token means" equal the token mean of the whole batch. (Setting
+    # the mask to 1 after sampling would count the padding after an early EOS, at logprob 0, as answer tokens.)
+    never_stop(monkeypatch)
     rollout = make_rollout(roles, tiny_tokenizer, settings)
-    # Equal lengths make "mean of micro-batch token means" equal the token mean of the whole batch.
-    rollout.mask[:] = 1
+    assert rollout.mask.all() and not rollout.ended_with_eos.any()
     start = trainable_copy(roles)
     results = []
     for micro in (4, 2):
@@ -111,6 +121,48 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_random_stages, tiny_t
         results.append(trainable_copy(roles))
     for key in results[0]:
         torch.testing.assert_close(results[1][key], results[0][key], atol=1e-5, rtol=1e-4)
+
+
+def test_vf_coef_scales_the_value_step_and_nothing_else(tiny_tokenizer):
+    roles = build_roles(TINY, compute=torch.float32)
+    rollout = make_rollout(roles, tiny_tokenizer, PPOSettings(batch_size=4, max_new_tokens=4))
+    start = trainable_copy(roles)
+    steps = []
+    for vf_coef in (0.1, 0.3):
+        roles.load_trainable_state_dict(start)
+        settings = PPOSettings(batch_size=4, max_new_tokens=4, num_ppo_epochs=1, vf_coef=vf_coef)
+        optimizer = torch.optim.SGD(roles.trainable_parameters(), lr=0.5)  # plain SGD: step = -lr * gradient
+        ppo_update(roles, optimizer, rollout, settings, minibatch_size=4, micro_batch_size=4, max_grad_norm=None,
+                   progress=False)
+        steps.append({k: v - start[k] for k, v in trainable_copy(roles).items()})
+    small, large = steps
+    value_keys = [k for k in start if not k.startswith("policy/")]
+    assert any(small[k].abs().max() > 0 for k in value_keys) and any(small[k].abs().max() > 0 for k in start
+                                                                     if k.startswith("policy/"))
+    for key in start:
+        factor = 3.0 if key in value_keys else 1.0  # 0.3 / 0.1 for the value role; the policy does not see it
+        torch.testing.assert_close(large[key], factor * small[key], atol=1e-7, rtol=1e-4)
+
+
+def policy_entropy(roles: SharedBaseRoles, rollout: Rollout) -> float:
+    with torch.no_grad():
+        logits = roles.policy_logits(rollout.input_ids, rollout.attention_mask, rollout.response_start,
+                                     temperature=1.0)
+    return entropy_from_logits(logits, rollout.mask).item()
+
+
+def test_entropy_bonus_raises_the_entropy(expressive_tiny):
+    tokenizer = load_tokenizer(str(expressive_tiny))
+    roles = build_roles(str(expressive_tiny), compute=torch.float32)
+    settings = PPOSettings(batch_size=4, max_new_tokens=6, temperature=1.0, num_ppo_epochs=1, entropy_coef=1.0)
+    rollout = make_rollout(roles, tokenizer, settings)
+    rollout.advantages.zero_()  # no policy gradient: only the bonus moves the policy
+    before = policy_entropy(roles, rollout)
+    optimizer = torch.optim.SGD(roles.trainable_parameters("policy"), lr=0.5)
+    stats = ppo_update(roles, optimizer, rollout, settings, minibatch_size=4, micro_batch_size=4, max_grad_norm=None,
+                       progress=False)
+    assert stats["entropy"] == pytest.approx(before, rel=1e-5)  # logged: the entropy before the step
+    assert policy_entropy(roles, rollout) > before + 1e-3
 
 
 @pytest.fixture(scope="module")

@@ -83,9 +83,10 @@ def test_lightalign_run_ppo_writes_the_run_dir(tmp_path, sft_adapter, reward_run
 
 
 def _resume_args(out: Path, sft_adapter: Path, reward_run: Path) -> list[str]:
+    # Adaptive β with a short horizon: β moves at every update, so a resume that lost it would show.
     return [*QUICK, "trainer.max_steps=6", "trainer.save_steps=2", "trainer.save_total_limit=0",
             "eval.num_prompts=0", f"hydra.run.dir={out}", f"ppo.sft_adapter={sft_adapter}",
-            f"ppo.reward_model={reward_run}"]
+            f"ppo.reward_model={reward_run}", "ppo.kl_target=0.01", "ppo.kl_horizon=20"]
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, sft_adapter, reward_run):
@@ -116,6 +117,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, sft_ad
     full_rows = [json.loads(line) for line in (full / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert [r["score"] for r in rows] == pytest.approx([r["score"] for r in full_rows], abs=1e-5)
+    betas = [r["kl_coef"] for r in rows]
+    assert len(set(betas)) == 6 and betas == pytest.approx([r["kl_coef"] for r in full_rows], rel=1e-6)
 
 
 def test_non_finite_reward_stops_naming_the_update_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):

@@ -56,7 +56,7 @@ class PairwiseAccuracy:
                     sequences.append(keep_last(encode_exchange(ctx.tokenizer, pair.prompt, answer), self.max_length))
         scores: list[float] = []
         for batch in iter_batches(sequences, self.batch_size, eval_desc(ctx, "scores"), unit="answer"):
-            scores += score_sequences(ctx.model, batch, ctx.tokenizer.pad_token_id, batch_size=self.batch_size)
+            scores += score_sequences(ctx.model, batch, batch_size=self.batch_size)
         margins = [scores[index[(prompt_key(p), p.chosen)]] - scores[index[(prompt_key(p), p.rejected)]]
                    for p in self.pairs]
         return {"pairwise_accuracy": _mean([m > 0 for m in margins]), "mean_margin": _mean(margins),

@@ -27,6 +27,7 @@ from transformers import (
 from lightalign.atomic import build_folder_atomically
 from lightalign.data.templates import ensure_chat_template
 from lightalign.errors import ModelNotFoundError
+from lightalign.models.score_position import score_pad_token_id
 from lightalign.paths import lightalign_home
 
 EMBEDDED_PREFIX = "lightalign:"
@@ -145,8 +146,9 @@ def load_base_model(
         model = auto.from_pretrained(path, **kwargs)
     except OSError as err:
         raise ModelNotFoundError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from err
-    if head == "score" and model.config.pad_token_id is None:
-        model.config.pad_token_id = model.config.eos_token_id
+    if head == "score":
+        # transformers' pooling needs a pad id; see lightalign.models.score_position for the scored token.
+        model.config.pad_token_id = score_pad_token_id(model.config)
     keep_4bit_layers_differentiable(model)
     return model
 

@@ -74,17 +74,25 @@ def last_token_index(mask: Tensor) -> Tensor:
     return (mask.long().sum(dim=1) - 1).clamp(min=0)
 
 
-def penalise_missing_eos(scores: Tensor, ended_with_eos: Tensor, penalty: float) -> Tensor:
-    """Subtract ``penalty`` from the score of every response that was cut off before producing EOS.
+def paid_scores(
+    scores: Tensor, ended_with_eos: Tensor, *, score_clip: float | None = None, missing_eos_penalty: float | None = None
+) -> Tensor:
+    """What each answer's last token is paid: its score clipped to ``±score_clip``, then minus
+    ``missing_eos_penalty`` if it was cut off before producing EOS.
 
-    A truncated answer is judged by the reward model as if it were complete; without this the policy can
-    learn to ramble until ``max_new_tokens`` (TRL PPOv2's ``missing_eos_penalty``).
+    A truncated answer is judged by the reward model as if it were complete; without the penalty the policy
+    can learn to ramble until ``max_new_tokens`` (TRL PPOv2's ``missing_eos_penalty``). The clip comes first:
+    applied after the penalty it would bound the gap between a finished and a cut-off answer by ``2·clip``.
 
     Example:
-        >>> penalise_missing_eos(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), 2.0)
-        tensor([ 1., -1.])
+        >>> paid_scores(torch.tensor([5.0, 5.0]), torch.tensor([True, False]), score_clip=1.0, missing_eos_penalty=3.0)
+        tensor([ 1., -2.])
     """
-    return torch.where(ended_with_eos.bool(), scores, scores - penalty)
+    if score_clip is not None:
+        scores = scores.clamp(-score_clip, score_clip)
+    if missing_eos_penalty is not None:
+        scores = torch.where(ended_with_eos.bool(), scores, scores - missing_eos_penalty)
+    return scores
 
 
 def per_token_rewards(
@@ -95,14 +103,13 @@ def per_token_rewards(
     kl_coef: float,
     *,
     kl_estimator: Literal["k1", "k3"] = "k1",
-    score_clip: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Turn one scalar score per response into a per-token reward with a KL penalty.
 
-    ``reward[t] = -kl_coef * kl[t]``, plus the (optionally clipped) score at the last real token.
+    ``reward[t] = -kl_coef * kl[t]``, plus the score at the last real token.
 
     Args:
-        scores: reward-model scores ``[B]`` (already penalised for a missing EOS if wanted).
+        scores: what the last tokens are paid ``[B]`` (:func:`paid_scores`: clipped, penalised).
         logprobs: log-probabilities of the response tokens under the policy that sampled them ``[B, T]``.
         ref_logprobs: the same under the frozen reference model ``[B, T]``.
         mask: 1 for real response tokens, 0 for padding ``[B, T]``.
@@ -110,7 +117,6 @@ def per_token_rewards(
         kl_estimator: ``"k1"`` = ``logp - ref_logp`` (unbiased, can be negative per token; the classic
             choice), ``"k3"`` = ``(r - 1) - log r`` with ``r = exp(ref_logp - logp)`` (always >= 0,
             lower variance; Schulman's "Approximating KL divergence").
-        score_clip: if set, clip scores to ``[-score_clip, score_clip]`` before paying them.
 
     Returns:
         ``(rewards, kl, non_score_reward)``, each ``[B, T]`` and 0 at padding. ``kl.sum(1).mean()`` is the
@@ -126,8 +132,6 @@ def per_token_rewards(
         raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
     kl = torch.where(valid, kl, torch.zeros_like(kl))
     non_score_reward = -kl_coef * kl
-    if score_clip is not None:
-        scores = scores.clamp(-score_clip, score_clip)
     rewards = non_score_reward.clone()
     rows = torch.arange(rewards.shape[0], device=rewards.device)
     rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)

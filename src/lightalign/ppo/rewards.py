@@ -51,9 +51,10 @@ def resolve_reward_stage(path: str | Path, *, expected_base: str) -> tuple[Path,
 class SharedBaseRewardModel:
     """The reward stage's model as a scorer, running as the ``reward`` role of :class:`SharedBaseRoles`.
 
-    Answers are rendered exactly as in reward training (chat template, last ``max_length`` tokens kept)
-    and scored where the sequence-classification head read them. Usable as a ``ScoreFn`` by eval hooks:
-    scoring leaves the model's active adapter as it found it.
+    Answers are rendered exactly as in reward training (chat template, last ``max_length`` tokens kept),
+    padded with the id the head pooled with and scored where it read them in training
+    (:mod:`lightalign.models.score_position`), whatever the tokenizer's pad token. Usable as a ``ScoreFn``
+    by eval hooks: scoring leaves the model's active adapter as it found it.
 
     Example::
 
@@ -81,7 +82,7 @@ class SharedBaseRewardModel:
         device = next(self.roles.model.parameters()).device
         scores: list[float] = []
         for start in range(0, len(sequences), self.batch_size):
-            batch = pad_sequences(sequences[start : start + self.batch_size], self.tokenizer.pad_token_id)
+            batch = pad_sequences(sequences[start : start + self.batch_size], self.roles.pad_token_id)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             scores += self.roles.reward_scores(ids, mask).tolist()
         return scores

@@ -28,10 +28,11 @@ of the state *before* that token (same column).
 Pitfalls this module handles, and one it cannot:
 
 * Log-probabilities are computed from ``logits / temperature`` with the same temperature used for
-  sampling, and sampling uses no top-k/top-p/repetition penalty from the checkpoint's
-  ``generation_config`` (transformers' default ``top_k=50`` would otherwise sample from a different
-  distribution than the one PPO's ratio assumes).
-* Dropout (LoRA's too) is switched off: with it the PPO ratio is not 1 on the first mini-batch.
+  sampling (every call takes it; ``PPOSettings.temperature`` is its one source), and sampling uses no
+  top-k/top-p/repetition penalty from the checkpoint's ``generation_config`` (transformers' default
+  ``top_k=50`` would otherwise sample from a different distribution than the one PPO's ratio assumes).
+* Dropout (LoRA's and attention dropout too) is switched off: with it the PPO ratio is not 1 on the first
+  mini-batch.
 * Left-padded prompts get ``position_ids`` from the attention mask, as ``generate`` does.
 * NOT handled: with gradient checkpointing the forward pass is recomputed during ``backward`` under
   whatever adapter is active *then*. Call ``backward`` on the policy loss before computing values (two
@@ -59,10 +60,11 @@ from peft.utils import (
     set_peft_model_state_dict,
 )
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from lightalign.errors import ConfigError, ModelNotFoundError
 from lightalign.models.adapters import upcast_trainable
+from lightalign.models.score_position import score_pad_token_id, scored_positions
 from lightalign.ppo.sampling import (
     GeneratedResponses,
     logprobs_from_logits,
@@ -75,24 +77,21 @@ from lightalign.ppo.sampling import (
 _HEAD_SUFFIXES = ("score.weight", "score.bias")
 
 
-def reward_token_index(input_ids: Tensor, attention_mask: Tensor, pad_token_id: int | None) -> Tensor:
-    """Column whose hidden state a sequence-classification reward model scores ``[B]``.
-
-    Mirrors ``AutoModelForSequenceClassification`` (what TRL's ``RewardTrainer`` trained with): the
-    rightmost token that is not ``pad_token_id``. When ``pad == eos`` (SmolLM2) that is the token
-    *before* the final EOS, both in reward training and here, so the scores agree. Without a pad id,
-    the last attended position.
-    """
-    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
-    keep = attention_mask.bool() if pad_token_id is None else input_ids != pad_token_id
-    return (columns * keep.long()).argmax(dim=1)
-
-
 def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability to 0 (LoRA dropout included): PPO needs deterministic log-probs."""
+    """Switch every dropout off: PPO needs the same log-probs in the update as in the rollout.
+
+    ``nn.Dropout`` modules (LoRA's included) get ``p = 0``; attention dropout, which Llama, Qwen2 and most
+    transformers models apply functionally in training mode from a float ``attention_dropout`` attribute
+    of each attention layer (copied from ``config.attention_dropout``), is set to 0 there and in the configs.
+    """
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig) and getattr(config, "attention_dropout", None):
+            config.attention_dropout = 0.0
 
 
 def load_score_head(adapter_dir: str | Path) -> nn.Linear:
@@ -136,8 +135,8 @@ class SharedBaseRoles:
         model: the PEFT model holding the adapters named below.
         value_head: trainable ``Linear(hidden, 1)`` on the last hidden states under the value adapter.
         reward_head: frozen ``Linear(hidden, 1)`` of the reward model, or None.
-        temperature: the sampling temperature; log-probs are computed from ``logits / temperature``.
-        pad_token_id: the pad id the reward model was trained with (locates the scored token).
+        pad_token_id: the pad id the reward head pools with (:func:`~lightalign.models.score_position.
+            score_pad_token_id`); needed with a reward head.
         policy_adapter, value_adapter, reward_adapter: adapter names.
         ref_adapter: the frozen reference adapter, or None for "base model with adapters disabled".
     """
@@ -148,15 +147,14 @@ class SharedBaseRoles:
         value_head: nn.Linear,
         reward_head: nn.Linear | None,
         *,
-        temperature: float = 1.0,
         pad_token_id: int | None = None,
         policy_adapter: str = "policy",
         ref_adapter: str | None = "ref",
         value_adapter: str = "value",
         reward_adapter: str | None = "reward",
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if reward_head is not None and pad_token_id is None:
+            raise ValueError("a reward head needs pad_token_id, the pad id it pools with (score_pad_token_id)")
         needed = [name for name in (policy_adapter, value_adapter, reward_adapter, ref_adapter) if name]
         missing = [name for name in needed if name not in model.peft_config]
         if missing:
@@ -164,7 +162,6 @@ class SharedBaseRoles:
         self.model = model
         self.value_head = value_head
         self.reward_head = reward_head
-        self.temperature = float(temperature)
         self.pad_token_id = pad_token_id
         self.policy_adapter = policy_adapter
         self.ref_adapter = ref_adapter
@@ -223,8 +220,12 @@ class SharedBaseRoles:
         # The transformer body (model.model for Llama/Qwen2): hidden states without the LM head.
         return self.model.get_base_model().get_decoder()
 
-    def _response_logits(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
-        return response_logits(self.model, input_ids, attention_mask, response_start, self.temperature)
+    def _response_logits(
+        self, input_ids: Tensor, attention_mask: Tensor, response_start: int, temperature: float
+    ) -> Tensor:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        return response_logits(self.model, input_ids, attention_mask, response_start, temperature)
 
     def _hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         output = self._decoder()(
@@ -235,34 +236,42 @@ class SharedBaseRoles:
         )
         return output.last_hidden_state
 
-    def policy_logits(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
-        """Temperature-scaled logits of the policy at the response positions ``[B, T, V]`` (with grad).
+    def policy_logits(
+        self, input_ids: Tensor, attention_mask: Tensor, response_start: int, *, temperature: float
+    ) -> Tensor:
+        """Logits of the policy at the response positions divided by ``temperature`` ``[B, T, V]`` (with grad).
 
         Use this when the entropy is wanted too; otherwise :meth:`policy_logprobs`.
         """
         self._activate(self.policy_adapter)
-        return self._response_logits(input_ids, attention_mask, response_start)
+        return self._response_logits(input_ids, attention_mask, response_start, temperature)
 
-    def policy_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
-        """Log-probabilities of the response tokens under the policy ``[B, T]`` (with grad).
+    def policy_logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, response_start: int, *, temperature: float
+    ) -> Tensor:
+        """Log-probabilities of the response tokens under the policy at ``temperature`` ``[B, T]`` (with grad).
 
         Args:
             input_ids: ``[B, P + T]`` left-padded prompts followed by right-padded responses.
             attention_mask: ``[B, P + T]`` prompt mask followed by the response mask. Build it from the
                 masks, never from ``input_ids != pad``: when ``pad == eos`` that would hide the EOS.
             response_start: ``P``, the column where responses start.
+            temperature: the one the responses were sampled at.
 
         Returns:
             ``[B, T]``; values at padding positions are meaningless and must be masked by the caller.
         """
-        logits = self.policy_logits(input_ids, attention_mask, response_start)
+        logits = self.policy_logits(input_ids, attention_mask, response_start, temperature=temperature)
         return logprobs_from_logits(logits, input_ids[:, response_start:])
 
     @torch.no_grad()
-    def ref_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
-        """Log-probabilities of the response tokens under the frozen reference ``[B, T]`` (no grad)."""
+    def ref_logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, response_start: int, *, temperature: float
+    ) -> Tensor:
+        """Log-probabilities of the response tokens under the frozen reference at ``temperature`` ``[B, T]``
+        (no grad): the policy's temperature, so that the KL compares the same distributions."""
         with self._reference():
-            logits = self._response_logits(input_ids, attention_mask, response_start)
+            logits = self._response_logits(input_ids, attention_mask, response_start, temperature)
         return logprobs_from_logits(logits, input_ids[:, response_start:])
 
     def values(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
@@ -273,8 +282,8 @@ class SharedBaseRoles:
 
     @torch.no_grad()
     def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Reward model score of each right-padded full sequence ``[B]`` (no grad), read where the reward
-        model was trained to read it (see :func:`reward_token_index`).
+        """Reward model score of each full sequence ``[B]`` (no grad), read where the reward model was trained
+        to read it (:func:`~lightalign.models.score_position.scored_positions`, with ``self.pad_token_id``).
 
         Unlike the other roles this one puts the model back as it found it (active adapter, adapters
         disabled or not), so it can score answers in the middle of an evaluation of another role.
@@ -284,7 +293,7 @@ class SharedBaseRoles:
         with self._scoring():
             hidden = self._hidden_states(input_ids, attention_mask)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        last = hidden[rows, reward_token_index(input_ids, attention_mask, self.pad_token_id)]
+        last = hidden[rows, scored_positions(input_ids, attention_mask, self.pad_token_id)]
         return self.reward_head(last.to(self.reward_head.weight.dtype)).squeeze(-1)
 
     @contextmanager
@@ -318,10 +327,11 @@ class SharedBaseRoles:
         max_new_tokens: int,
         eos_token_id: int | Sequence[int],
         pad_token_id: int,
+        temperature: float,
         top_k: int = 0,
         top_p: float = 1.0,
     ) -> GeneratedResponses:
-        """Sample one response per left-padded prompt from the policy at ``self.temperature``.
+        """Sample one response per left-padded prompt from the policy at ``temperature``.
 
         See :func:`~lightalign.ppo.sampling.sample_responses` (clean sampling config, top-k/p off by default
         so that PPO's first ratio is exactly 1).
@@ -334,7 +344,7 @@ class SharedBaseRoles:
             max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
-            temperature=self.temperature,
+            temperature=temperature,
             top_k=top_k,
             top_p=top_p,
         )
@@ -415,7 +425,6 @@ def load_shared_base_roles(
     value_init: Literal["reward", "fresh"] | None = None,
     policy_lora_config: LoraConfig | None = None,
     value_lora_config: LoraConfig | None = None,
-    temperature: float = 1.0,
     pad_token_id: int | None = None,
 ) -> SharedBaseRoles:
     """Wrap ``base`` once and load every PPO role onto it as an adapter.
@@ -436,8 +445,9 @@ def load_shared_base_roles(
             ``"fresh"`` starts a new adapter (``value_lora_config``, default: the policy adapter's settings)
             and a new head. Default: ``"reward"`` if there is a reward adapter, else ``"fresh"``.
         policy_lora_config: the fresh policy adapter's settings when there is no SFT adapter.
-        temperature: sampling temperature, used for log-probs as well.
-        pad_token_id: pad id the reward model was trained with; default ``base.config``'s.
+        pad_token_id: the pad id the reward model pooled with in training; default
+            :func:`~lightalign.models.score_position.score_pad_token_id` of ``base.config`` (the same
+            checkpoint's config gives the same id as the reward stage's sequence-classification model).
 
     Returns:
         The roles, with the policy adapter active.
@@ -482,13 +492,12 @@ def load_shared_base_roles(
         value_head = new_value_head(base.config.get_text_config().hidden_size)
 
     device = base.get_input_embeddings().weight.device
-    if pad_token_id is None:
-        pad_token_id = base.config.get_text_config().pad_token_id
+    if pad_token_id is None and reward_head is not None:
+        pad_token_id = score_pad_token_id(base.config)
     roles = SharedBaseRoles(
         model,
         value_head.to(device=device, dtype=torch.float32),
         reward_head.to(device=device, dtype=torch.float32) if reward_head is not None else None,
-        temperature=temperature,
         pad_token_id=pad_token_id,
         ref_adapter=ref_adapter,
         reward_adapter="reward" if reward_head is not None else None,

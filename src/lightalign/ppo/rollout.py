@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from lightalign.ppo.advantages import (
     gae_advantages,
     masked_mean,
     masked_whiten,
-    penalise_missing_eos,
+    paid_scores,
     per_token_rewards,
 )
 from lightalign.ppo.rewards import RewardFn, score_answers
@@ -110,8 +111,8 @@ class Rollout:
     returns: Tensor
     kl: Tensor
     non_score_reward: Tensor
-    scores: Tensor  # as the reward returned them, before the missing-EOS penalty and clipping
-    paid_scores: Tensor  # what the last token was paid
+    scores: Tensor  # as the reward returned them, before clipping and the missing-EOS penalty
+    paid_scores: Tensor  # what the last token was paid: clipped, then penalised
     ended_with_eos: Tensor
     answers: list[str]
 
@@ -210,6 +211,7 @@ def collect_rollout(
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
+        temperature=settings.temperature,
         top_k=settings.top_k,
         top_p=settings.top_p,
     )
@@ -217,18 +219,18 @@ def collect_rollout(
     input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
     attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
     mask = sampled.mask
-    logprobs = _in_chunks(roles.policy_logprobs, input_ids, attention_mask, start, forward_batch_size)
-    ref_logprobs = _in_chunks(roles.ref_logprobs, input_ids, attention_mask, start, forward_batch_size)
+    at_temperature = {"temperature": settings.temperature}  # the sampling temperature: one source
+    logprobs = _in_chunks(partial(roles.policy_logprobs, **at_temperature), input_ids, attention_mask, start,
+                          forward_batch_size)
+    ref_logprobs = _in_chunks(partial(roles.ref_logprobs, **at_temperature), input_ids, attention_mask, start,
+                              forward_batch_size)
     values = _in_chunks(roles.values, input_ids, attention_mask, start, forward_batch_size)
     roles.activate_policy()
 
     answers = decode_answers(tokenizer, sampled.tokens, mask)
     scores = score_answers(reward_fn, prompts, answers).to(device)
-    paid = scores
-    if settings.missing_eos_penalty is not None:
-        paid = penalise_missing_eos(paid, sampled.ended_with_eos, settings.missing_eos_penalty)
-    if settings.score_clip is not None:
-        paid = paid.clamp(-settings.score_clip, settings.score_clip)
+    paid = paid_scores(scores, sampled.ended_with_eos, score_clip=settings.score_clip,
+                       missing_eos_penalty=settings.missing_eos_penalty)
     rewards, kl, non_score_reward = per_token_rewards(
         paid, logprobs, ref_logprobs, mask, kl_coef, kl_estimator=settings.kl_estimator  # type: ignore[arg-type]
     )

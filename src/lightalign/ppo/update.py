@@ -82,7 +82,7 @@ def ppo_update(
                     part = rollout.select(rows.to(rollout.input_ids.device))
                     args = (part.input_ids, part.attention_mask, part.response_start)
 
-                    logits = roles.policy_logits(*args)
+                    logits = roles.policy_logits(*args, temperature=settings.temperature)
                     new_logprobs = logprobs_from_logits(logits, part.responses)
                     pg_loss, pg_stats = policy_loss(new_logprobs, part.logprobs, part.advantages, part.mask,
                                                     settings.clip_range)
