@@ -106,6 +106,7 @@ def build_trl_trainer(args: argparse.Namespace, out: Path, *, callbacks: list, m
     from trl import SFTConfig, SFTTrainer
 
     from lightalign.models import LoraSettings, Quantization, resolve_model_path, resolve_precision
+    from lightalign.models.loading import build_bnb_config
 
     lora = LoraSettings()
     rows = [{"prompt": e.messages[:-1], "completion": e.messages[-1:]} for e in _examples(args)]
@@ -120,7 +121,7 @@ def build_trl_trainer(args: argparse.Namespace, out: Path, *, callbacks: list, m
         model=model if model is not None else resolve_model_path(args.model),
         args=config,
         train_dataset=Dataset.from_list(rows),
-        quantization_config=None if model is not None else Quantization().to_bnb_config(compute_dtype),
+        quantization_config=None if model is not None else build_bnb_config(Quantization(), compute_dtype),
         peft_config=None if model is not None else LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules="all-linear",
             task_type="CAUSAL_LM"),

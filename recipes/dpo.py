@@ -42,7 +42,7 @@ from lightalign.models.reference import POLICY_ADAPTER, load_policy, resolve_ada
 from lightalign.reward_model import RewardModel
 from lightalign.rundir import ADAPTER, LOG, stage_samples, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
-from lightalign.trainers import TokenizedDPOTrainer, check_dpo_loss_type
+from lightalign.trainers import TokenizedDPOTrainer
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
 
 register_configs()
@@ -56,7 +56,6 @@ def main(cfg: DictConfig) -> None:
     config_hash = save_config(cfg, out)
     set_seed(run.trainer.seed)
     precision = resolve_precision(run.trainer.precision)
-    loss_type = check_dpo_loss_type(run.dpo.loss_type)
     sft_adapter = resolve_adapter_dir(run.dpo.sft_adapter, expected_base=run.model.name_or_path) \
         if run.dpo.sft_adapter else None
 
@@ -118,7 +117,7 @@ def main(cfg: DictConfig) -> None:
     args = build_trl_args(
         DPOConfig, run.trainer, out, precision,
         beta=run.dpo.beta,
-        loss_type=[loss_type],
+        loss_type=[run.dpo.loss_type],
         max_length=None,  # over-long pairs were handled above (data.overlong)
     )
     trainer = TokenizedDPOTrainer(

@@ -28,7 +28,7 @@ from transformers import set_seed
 
 from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
-from lightalign.errors import ConfigError, report_errors
+from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, SampleAnswers, run_eval_hooks
 from lightalign.eval.headroom import PassAtK
 from lightalign.models.reference import resolve_adapter_dir
@@ -48,10 +48,8 @@ def main(cfg: DictConfig) -> None:
     config_hash = save_config(cfg, out)
     set_seed(run.trainer.seed)
     opts = run.rankings
+    # a judge, or a person's rankings (rankings.human): the schema has checked there is one
     judge = hydra.utils.instantiate(run.judge) if run.judge and run.judge.get("_target_") else None
-    if judge is None and opts.human is None:
-        raise ConfigError("rank with a judge (judge=gold_judge or judge._target_=pkg.fn) or a person's rankings "
-                          "(judge=none rankings.human=FILE from `lightalign rank`)")
 
     # ---- setup: prompts and the model whose answers are ranked -----------------------------------------
     prompts = load_prompt_examples(run.data.train, limit=opts.num_prompts)

@@ -24,6 +24,7 @@ from lightalign.data.tokenize import encode_exchange, keep_last
 from lightalign.data.types import Message
 from lightalign.errors import ConfigError
 from lightalign.models.loading import Quantization, load_base_model, load_tokenizer
+from lightalign.models.modes import eval_mode
 from lightalign.models.precision import resolve_precision
 from lightalign.models.reference import resolve_adapter_dir
 from lightalign.models.score_position import score_pad_token_id
@@ -39,18 +40,14 @@ def score_sequences(model: PreTrainedModel, sequences: Sequence[Sequence[int]], 
     Padded with the id the score head pools with, so each score is read where training read it
     (:mod:`lightalign.models.score_position`), whatever the tokenizer's pad token.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     pad_token_id = score_pad_token_id(model.config)
     scores: list[float] = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(sequences), batch_size):
             batch = {k: v.to(device) for k, v in pad_sequences(sequences[start : start + batch_size],
                                                                pad_token_id).items()}
             scores += model(**batch, use_cache=False).logits[:, 0].float().tolist()
-    finally:
-        model.train(was_training)
     return scores
 
 

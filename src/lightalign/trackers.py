@@ -2,8 +2,8 @@
 
 ``DIR/logs/metrics.jsonl`` is always written (the report reads it); a tracker is an extra copy of the same
 numbers. Trackers are optional packages: a choice is checked when the config is read (before any model
-loads) without importing the package, and only the chosen one is ever imported, by transformers'
-integration when training starts.
+loads) without importing the package (:func:`lightalign.config.schema.check_report_to`), and only the
+chosen one is ever imported, by transformers' integration when training starts.
 
 TRL stages log through their trainer; a stage with its own loop (PPO) sends its rows through the same
 integrations with :class:`TrackerLog`, so every stage's numbers land in the same place under the same names
@@ -12,33 +12,12 @@ integrations with :class:`TrackerLog`, so every stage's numbers land in the same
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from lightalign.errors import ConfigError
-
-# choice -> the package it needs (tensorboard is written through torch.utils.tensorboard)
-REPORT_TO: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-
-
-def check_report_to(choice: str) -> None:
-    """Raise :class:`ConfigError` unless ``choice`` is a known tracker whose package is installed.
-
-    Example:
-        >>> check_report_to("none")
-        >>> check_report_to("comet")
-        Traceback (most recent call last):
-        ...
-        lightalign.errors.ConfigError: trainer.report_to='comet' is not supported; valid: none, tensorboard, ...
-    """
-    if choice not in REPORT_TO:
-        raise ConfigError(f"trainer.report_to={choice!r} is not supported; valid: {', '.join(REPORT_TO)}")
-    package = REPORT_TO[choice]
-    if package is not None and importlib.util.find_spec(package) is None:
-        raise ConfigError(f"trainer.report_to={choice} needs the {package} package: pip install {package}")
+from lightalign.config.schema import check_report_to
 
 
 def trl_report_to(choice: str) -> list[str]:

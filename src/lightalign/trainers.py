@@ -4,6 +4,9 @@
   (:func:`ranking_loss`): a batch element is one prompt with all its answers.
 - :class:`TokenizedDPOTrainer`: ``DPOTrainer`` on rows already tokenised by
   :func:`lightalign.data.tokenize.tokenize_preference_pairs`.
+
+Both reach into TRL's private API; every private name they use is in :class:`TrlInternals`, and
+``tests/test_trainers.py`` checks those names on the installed TRL, so an upgrade that changes one fails there.
 """
 
 from __future__ import annotations
@@ -12,20 +15,8 @@ import torch
 import torch.nn.functional as F
 from trl import DPOTrainer, RewardTrainer
 
-from lightalign.errors import ConfigError
 from lightalign.models.adapters import upcast_trainable
 from lightalign.models.score_position import score_head_inputs
-
-# The pairwise losses of TRL 1.16's DPOTrainer that need nothing but beta (exo_pair needs label smoothing).
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-                  "apo_zero", "apo_down", "discopop", "sigmoid_norm")
-
-
-def check_dpo_loss_type(loss_type: str) -> str:
-    """``loss_type`` if TRL's DPOTrainer knows it, else a :class:`ConfigError` listing the valid ones."""
-    if loss_type not in DPO_LOSS_TYPES:
-        raise ConfigError(f"dpo.loss_type={loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}")
-    return loss_type
 
 
 def ranking_loss(
@@ -43,22 +34,42 @@ def ranking_loss(
     return -(pair_weight.to(margins.dtype) * F.logsigmoid(margins)).sum()
 
 
-class RankedRewardTrainer(RewardTrainer):
+class TrlInternals:
+    """What our trainers change in TRL 1.16's ``RewardTrainer``/``DPOTrainer``, through its private API (mix in first).
+
+    - ``_prepare_dataset(dataset, processing_class, args, dataset_name)``, which TRL's ``__init__`` calls to
+      tokenise: skipped, the rows arrive tokenised by :mod:`lightalign.data.tokenize`;
+    - ``_metrics[mode]`` (lists TRL averages into each logged row) and ``_total_train_tokens`` (its
+      ``num_tokens``): written by :meth:`record_metrics`, for a loss computed by us.
+
+    On a 4-bit base TRL casts every trainable parameter to bf16; they are put back to fp32 as the SFT recipe
+    does (exact resume). A reward model's score head needs it most: a bf16 Linear fed fp32 hidden states fails.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (the TRL trainer's signature)
+        super().__init__(*args, **kwargs)
+        upcast_trainable(self.model)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN202 (TRL API)
+        return dataset
+
+    def record_metrics(self, mode: str, values: dict[str, float], tokens: int) -> None:
+        """Add one step's ``values`` to TRL's logged averages, and ``tokens`` to its count (``mode="train"``)."""
+        metrics = self._metrics[mode]
+        for key, value in values.items():
+            metrics[key].append(value)
+        if mode == "train":
+            self._total_train_tokens += tokens
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+
+class RankedRewardTrainer(TrlInternals, RewardTrainer):
     """``RewardTrainer`` whose batches are ranked groups (:class:`~lightalign.data.collators.RankedGroupCollator`).
 
     Each answer is scored once per step however many pairs it is in (K forward passes for a ranking of K
     instead of K·(K-1)), and a prompt's pairs share one gradient step, which InstructGPT found to stop the
-    reward model overfitting after one epoch.
+    reward model overfitting after one epoch. Rows come from :func:`lightalign.data.tokenize.tokenize_reward_groups`.
     """
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (RewardTrainer's signature)
-        super().__init__(*args, **kwargs)
-        # On a 4-bit base TRL casts every trainable parameter to bf16; keep them fp32 as the SFT recipe does
-        # (exact resume). The score head needs it most: a plain bf16 Linear fed fp32 hidden states fails.
-        upcast_trainable(self.model)
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN202 (TRL API)
-        return dataset  # tokenised and grouped by lightalign.data.tokenize.tokenize_reward_groups
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         mode = "train" if self.model.training else "eval"
@@ -72,22 +83,12 @@ class RankedRewardTrainer(RewardTrainer):
             loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
         with torch.no_grad():
             margins = rewards[inputs["chosen_index"]] - rewards[inputs["rejected_index"]]
-            metrics = self._metrics[mode]
-            metrics["accuracy"].append((margins > 0).float().mean().item())
-            metrics["margin"].append(margins.mean().item())
-            metrics["mean_reward"].append(rewards.mean().item())
-            if mode == "train":
-                self._total_train_tokens += int(inputs["attention_mask"].sum())
-            metrics["num_tokens"] = [self._total_train_tokens]
+            self.record_metrics(mode, {"accuracy": (margins > 0).float().mean().item(),
+                                       "margin": margins.mean().item(), "mean_reward": rewards.mean().item()},
+                                tokens=int(inputs["attention_mask"].sum()))
         return (loss, outputs) if return_outputs else loss
 
 
-class TokenizedDPOTrainer(DPOTrainer):
-    """``DPOTrainer`` on rows with ``prompt_ids``, ``chosen_ids`` and ``rejected_ids`` (our tokenisation)."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (DPOTrainer's signature)
-        super().__init__(*args, **kwargs)
-        upcast_trainable(self.model)  # undo TRL's bf16 cast of QLoRA adapters, as in RankedRewardTrainer
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN202 (TRL API)
-        return dataset  # tokenised by lightalign.data.tokenize.tokenize_preference_pairs
+class TokenizedDPOTrainer(TrlInternals, DPOTrainer):
+    """``DPOTrainer`` on rows with ``prompt_ids``, ``chosen_ids`` and ``rejected_ids``, from
+    :func:`lightalign.data.tokenize.tokenize_preference_pairs`."""

@@ -3,49 +3,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
+from lightalign.config.schema import TrainerSettings
 from lightalign.errors import NonFiniteLossError
 from lightalign.models.precision import Precision
 from lightalign.rundir import append_log
-from lightalign.trackers import check_report_to, trl_report_to
+from lightalign.trackers import trl_report_to
 
 ArgsT = TypeVar("ArgsT", bound=TrainingArguments)
 
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class TrainerSettings:
-    """Optimisation settings shared by every stage (``trainer.*`` on the command line)."""
-
-    max_steps: int = -1
-    num_train_epochs: float = 1.0
-    learning_rate: float = 2e-4
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.05
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 5
-    save_steps: int = 50
-    save_total_limit: int = 2
-    seed: int = 0
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    gradient_checkpointing: bool = False
-    packing: bool = False  # padding-free batches (one packed row per batch)
-    report_to: str = "none"  # none | tensorboard | wandb | mlflow (lightalign.trackers); metrics.jsonl always
-    resume: bool = True  # continue from the last complete checkpoint in DIR/checkpoints
-
-    def __post_init__(self) -> None:
-        # OmegaConf.to_object builds this dataclass, so a bad choice fails when a recipe reads its config.
-        check_report_to(self.report_to)
 
 
 def build_trl_args(
@@ -83,19 +55,21 @@ def build_trl_args(
     return args_cls(**{**kwargs, **stage_args})  # a stage may override any of the shared choices
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The complete ``checkpoint-<step>`` folders in ``root``, oldest step first.
+
+    A checkpoint is complete once its ``trainer_state.json`` is written (the last file, for TRL and for
+    lightalign.ppo.checkpoint alike): a torn one lacks it and is left out.
+    """
+    complete = [path for path in root.glob("checkpoint-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    return sorted(complete, key=lambda path: int(path.name.split("-")[-1]))
+
+
 def find_resume_checkpoint(output_dir: Path) -> str | None:
-    """The newest *complete* checkpoint under ``DIR/checkpoints`` (a torn one lacks trainer_state.json)."""
-    root = output_dir / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    complete = [
-        path
-        for path in root.glob("checkpoint-*")
-        if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()
-    ]
-    if not complete:
-        return None
-    return str(max(complete, key=lambda p: int(p.name.split("-")[-1])))
+    """The newest complete checkpoint under ``DIR/checkpoints`` (:func:`complete_checkpoints`), if any."""
+    complete = complete_checkpoints(output_dir / CHECKPOINTS)
+    return str(complete[-1]) if complete else None
 
 
 class NonFiniteLossCallback(TrainerCallback):

@@ -53,14 +53,28 @@ def test_bad_configs_fail_in_one_line(capsys, overrides, expected):
 
 
 @pytest.mark.parametrize(
-    ("override", "expected"),
+    ("stage", "overrides", "expected"),
     [
-        ("ppo.kl_estimator=k9", "ppo.kl_estimator='k9' is not one of k1, k3"),
-        ("ppo.value_init=bogus", "ppo.value_init='bogus' is not one of auto, reward, fresh"),
+        ("ppo", ["ppo.kl_estimator=k9"], "ppo.kl_estimator='k9' is not one of k1, k3"),
+        ("ppo", ["ppo.value_init=bogus"], "ppo.value_init='bogus' is not one of auto, reward, fresh"),
+        ("sft", ["data.overlong=sometimes"], "data.overlong='sometimes' is not one of error, truncate, skip"),
+        ("sft", ["data.format=pairs"], "data.format: unknown data format 'pairs'; valid: auto, messages"),
+        ("reward", ["data.format=alpaca"], "data.format: unknown data format 'alpaca'; valid: auto, pairs, hh"),
+        ("reward", ["data.invalid=ignore"], "data.invalid='ignore' is not one of error, skip"),
+        ("dpo", ["data.eval_fraction=2"], "data.eval_fraction=2.0 must be in [0, 1)"),
+        ("sft", ["trainer.precision=bf61"], "trainer.precision='bf61' is not one of auto, bf16, fp16, fp32"),
+        ("dpo", ["dpo.loss_type=sigmoid2"], "dpo.loss_type='sigmoid2' is not one of sigmoid, hinge, ipo"),
+        ("rankings", ["judge=none"], "rank with a judge (judge=gold_judge or judge._target_=pkg.fn) or a person's"),
     ],
+    ids=["kl-estimator", "value-init", "overlong", "lm-format", "preference-format", "invalid", "eval-fraction",
+         "precision", "loss-type", "no-judge"],
 )
-def test_bad_ppo_choices_fail_before_any_model_loads(capsys, override, expected):
-    assert cli(["validate", "ppo", override]) == 2
+def test_bad_choices_fail_before_any_data_or_model_loads(capsys, stage, overrides, expected):
+    assert cli(["validate", stage, *overrides]) == 2
     captured = capsys.readouterr()
     assert expected in captured.err and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err and "valid ----" not in captured.out
+
+
+def test_rankings_by_a_person_need_no_judge(capsys):
+    assert cli(["validate", "rankings", "judge=none", "rankings.human=ranked.jsonl"]) == 0

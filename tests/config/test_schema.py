@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from lightalign.config.schema import PPOOptions
+import lightalign
+from lightalign.config.schema import (
+    DataSettings,
+    DPOOptions,
+    PPOOptions,
+    PreferenceDataSettings,
+    RankingsOptions,
+    RankingsStageConfig,
+    TrainerSettings,
+)
 from lightalign.errors import ConfigError
 
 
@@ -14,3 +28,43 @@ def test_ppo_options_check_value_init_and_the_inherited_ppo_settings():
         PPOOptions(value_init="bogus")
     with pytest.raises(ConfigError, match="ppo.kl_estimator='k9'"):  # PPOSettings' own check still runs
         PPOOptions(kl_estimator="k9")
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: DataSettings(overlong="sometimes"), "data.overlong='sometimes' is not one of error, truncate, skip"),
+        (lambda: DataSettings(format="pairs"), "data.format: unknown data format 'pairs'; valid: auto, messages, "),
+        (lambda: PreferenceDataSettings(format="alpaca"), "unknown data format 'alpaca'; valid: auto, pairs, hh, "),
+        (lambda: PreferenceDataSettings(overlong="sometimes"), "data.overlong='sometimes'"),  # inherited
+        (lambda: PreferenceDataSettings(invalid="ignore"), "data.invalid='ignore' is not one of error, skip"),
+        (lambda: PreferenceDataSettings(eval_fraction=1.0), r"data.eval_fraction=1.0 must be in \[0, 1\)"),
+        (lambda: TrainerSettings(precision="bf61"), "trainer.precision='bf61' is not one of auto, bf16, fp16, fp32"),
+        (lambda: TrainerSettings(report_to="comet"), "valid: none, tensorboard, wandb, mlflow"),
+        (lambda: DPOOptions(loss_type="sigmoïd"), "dpo.loss_type='sigmoïd' is not one of sigmoid, hinge, ipo"),
+        (lambda: RankingsStageConfig(judge={"_target_": None}), "rank with a judge .* or a person's rankings"),
+    ],
+    ids=["overlong", "lm-format", "preference-format", "preference-overlong", "invalid", "eval-fraction",
+         "precision", "report-to", "loss-type", "no-judge"],
+)
+def test_bad_choices_are_config_errors_naming_the_key(build, expected):
+    with pytest.raises(ConfigError, match=expected):
+        build()
+
+
+def test_good_choices_pass():
+    assert PreferenceDataSettings(format="hh", invalid="skip", eval_fraction=0.0).format == "hh"
+    assert DataSettings(format="text", overlong="truncate").overlong == "truncate"
+    assert TrainerSettings(precision="fp32").precision == "fp32"
+    assert DPOOptions(loss_type="ipo").loss_type == "ipo"
+    assert RankingsStageConfig(judge={"_target_": "lightalign.demo.GoldJudge"}).judge is not None
+    assert RankingsStageConfig(rankings=RankingsOptions(human="ranked.jsonl")).rankings.human == "ranked.jsonl"
+
+
+def test_the_schema_imports_no_torch():
+    # `lightalign validate` imports the schemas: checking a config must not pay for importing torch
+    code = "import sys, lightalign.config.schema; assert 'torch' not in sys.modules, 'torch was imported'"
+    src = str(Path(lightalign.__file__).parents[1])  # the lightalign under test, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from lightalign.data.collators import pack_lm, pad_lm
-from lightalign.data.tokenize import IGNORE_INDEX, tokenize_conversation, tokenize_lm_examples, tokenize_text
+from lightalign.data.tokenize import (
+    IGNORE_INDEX,
+    TokenizeReport,
+    fit_to_max_length,
+    tokenize_conversation,
+    tokenize_lm_examples,
+    tokenize_text,
+)
 from lightalign.data.types import Conversation, PlainText
 from lightalign.errors import DataError
 
@@ -92,3 +99,20 @@ def test_packed_batch_gives_the_same_loss_as_padded(tiny_tokenizer, tiny_model_d
         padded = model(**pad_lm(rows, tiny_tokenizer.pad_token_id)).loss
         packed = model(**pack_lm(rows)).loss
     assert torch.allclose(padded, packed, atol=1e-5)
+
+
+def test_one_helper_applies_each_overlong_policy_and_counts_it():
+    report = TokenizeReport()
+
+    def fit(row, overlong, truncate=lambda ids: ids[:2]):
+        return fit_to_max_length(row, len(row), origin="f.jsonl:7", max_length=2, overlong=overlong,
+                                 truncate=truncate, report=report)
+
+    assert fit([1, 2], "error") == [1, 2]  # fits: kept as it is
+    assert fit([1, 2, 3], "truncate") == [1, 2]
+    assert fit([1, 2, 3], "skip") is None
+    assert fit([1, 2, 3], "truncate", truncate=lambda ids: None) is None  # nothing useful left: skipped
+    assert (report.kept, report.truncated, report.skipped) == (2, 1, 2)
+    assert report.skipped_origins == ["f.jsonl:7", "f.jsonl:7"]
+    with pytest.raises(DataError, match=r"^f.jsonl:7: 3 tokens > data.max_length=2; set data.overlong=truncate"):
+        fit([1, 2, 3], "error")

@@ -3,23 +3,71 @@
 Each primary config (``conf/sft.yaml`` ...) starts its defaults list with ``<stage>_schema``, so every
 group option merges into a typed node: ``lora.r=abc`` or ``lora.rnak=8`` fails at compose time with
 the key named. Defaults live here, once; YAML files hold only what differs.
+
+Every check that needs nothing but the config lives here too, in the dataclasses' ``__post_init__``:
+``OmegaConf.to_object`` builds them, so ``lightalign validate`` and a recipe's first line reject a bad value
+before any data or model is read. This module imports no torch (a test checks): validating is instant.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from lightalign.errors import ConfigError
-from lightalign.models.adapters import LoraSettings
-from lightalign.models.loading import Quantization
 from lightalign.ppo.settings import PPOSettings
-from lightalign.training import TrainerSettings
 
+# The values each option takes (named in the error of a bad one); the module in brackets acts on them.
+# data.format of the language-modelling stages (lightalign.data.formats) and of the preference stages
+LM_FORMATS = ("auto", "messages", "conversations", "prompt_completion", "alpaca", "text")
+PREFERENCE_FORMATS = ("auto", "pairs", "hh", "ranking")  # (lightalign.data.preference)
+OVERLONG_POLICIES = ("error", "truncate", "skip")  # data.overlong (lightalign.data.tokenize)
+INVALID_POLICIES = ("error", "skip")  # data.invalid (lightalign.data.preference)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # trainer.precision (lightalign.models.precision)
+# trainer.report_to -> the package it needs (tensorboard is written through torch.utils.tensorboard)
+REPORT_TO: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+# dpo.loss_type: the pairwise losses of TRL 1.16's DPOTrainer that need nothing but beta (exo_pair needs label
+# smoothing)
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                  "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 VALUE_INITS = ("auto", "reward", "fresh")  # ppo.value_init
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and the valid values unless ``value`` is one of ``choices``.
+
+    Example:
+        >>> check_choice("data.invalid", "ignore", INVALID_POLICIES)
+        Traceback (most recent call last):
+        ...
+        lightalign.errors.ConfigError: data.invalid='ignore' is not one of error, skip
+    """
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def check_report_to(choice: str) -> None:
+    """Raise :class:`ConfigError` unless ``choice`` is a known tracker whose package is installed.
+
+    The package is looked up, not imported: only the chosen tracker is ever imported, by transformers'
+    integration when training starts (lightalign.trackers).
+
+    Example:
+        >>> check_report_to("none")
+        >>> check_report_to("comet")
+        Traceback (most recent call last):
+        ...
+        lightalign.errors.ConfigError: trainer.report_to='comet' is not supported; valid: none, tensorboard, ...
+    """
+    if choice not in REPORT_TO:
+        raise ConfigError(f"trainer.report_to={choice!r} is not supported; valid: {', '.join(REPORT_TO)}")
+    package = REPORT_TO[choice]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"trainer.report_to={choice} needs the {package} package: pip install {package}")
 
 
 @dataclass
@@ -30,6 +78,53 @@ class ModelSettings:
     revision: str | None = None
     trust_remote_code: bool = False
     attn_implementation: str | None = "sdpa"
+
+
+@dataclass
+class Quantization:
+    """How to quantise the frozen base weights (QLoRA). ``load_in_4bit=False`` means plain LoRA."""
+
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters. ``target_modules=["all-linear"]`` adapts every linear layer but the head."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class TrainerSettings:
+    """Optimisation settings shared by every stage (``trainer.*`` on the command line)."""
+
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    seed: int = 0
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    gradient_checkpointing: bool = False
+    packing: bool = False  # padding-free batches (one packed row per batch)
+    report_to: str = "none"  # none | tensorboard | wandb | mlflow (lightalign.trackers); metrics.jsonl always
+    resume: bool = True  # continue from the last complete checkpoint in DIR/checkpoints
+
+    def __post_init__(self) -> None:
+        check_choice("trainer.precision", self.precision, PRECISIONS)
+        check_report_to(self.report_to)
 
 
 @dataclass
@@ -45,6 +140,13 @@ class DataSettings:
     overlong: str = "error"  # error | truncate | skip (counted in metrics.json)
     limit: int | None = None  # use at most this many training rows
     eval_limit: int | None = 64
+
+    FORMATS: ClassVar[tuple[str, ...]] = LM_FORMATS  # the data.format values of this kind of stage
+
+    def __post_init__(self) -> None:
+        if self.format not in self.FORMATS:
+            raise ConfigError(f"data.format: unknown data format {self.format!r}; valid: {', '.join(self.FORMATS)}")
+        check_choice("data.overlong", self.overlong, OVERLONG_POLICIES)
 
 
 @dataclass
@@ -94,6 +196,14 @@ class PreferenceDataSettings(DataSettings):
     eval_fraction: float = 0.1  # when data.eval is null: hold out this share of the training prompts
     invalid: str = "error"  # error | skip: unusable preference rows (skips are counted in metrics.json)
 
+    FORMATS: ClassVar[tuple[str, ...]] = PREFERENCE_FORMATS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("data.invalid", self.invalid, INVALID_POLICIES)
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+
 
 @dataclass
 class RewardOptions:
@@ -116,9 +226,12 @@ class DPOOptions:
     """``dpo.*``: the loss, and where the policy starts (``sft_adapter``: an SFT run dir or its adapter/)."""
 
     beta: float = 0.1
-    loss_type: str = "sigmoid"  # sigmoid | hinge | ipo | ... (lightalign.trainers.DPO_LOSS_TYPES)
+    loss_type: str = "sigmoid"  # sigmoid | hinge | ipo | ... (DPO_LOSS_TYPES)
     sft_adapter: str | None = None  # the policy starts here and the reference is this SFT model; else the base
     reward_model: str | None = None  # a reward stage's run dir: its mean score and win rate vs the reference
+
+    def __post_init__(self) -> None:
+        check_choice("dpo.loss_type", self.loss_type, DPO_LOSS_TYPES)
 
 
 @dataclass
@@ -141,8 +254,7 @@ class PPOOptions(PPOSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.value_init not in VALUE_INITS:
-            raise ConfigError(f"ppo.value_init={self.value_init!r} is not one of {', '.join(VALUE_INITS)}")
+        check_choice("ppo.value_init", self.value_init, VALUE_INITS)
 
 
 @dataclass
@@ -190,6 +302,11 @@ class RankingsStageConfig(StageConfig):
     rankings: RankingsOptions = field(default_factory=RankingsOptions)
     # (prompts, answers) -> scores named by _target_ (conf/judge/*.yaml), e.g. lightalign.demo.GoldJudge
     judge: Any = None
+
+    def __post_init__(self) -> None:
+        if not (self.judge and self.judge.get("_target_")) and self.rankings.human is None:
+            raise ConfigError("rank with a judge (judge=gold_judge or judge._target_=pkg.fn) or a person's rankings "
+                              "(judge=none rankings.human=FILE from `lightalign rank`)")
 
 
 SCHEMAS: dict[str, type] = {"sft_schema": SFTStageConfig, "reward_schema": RewardStageConfig,

@@ -21,7 +21,6 @@ from typing import Any
 from lightalign.data.types import Conversation, Message, PlainText, PromptOnly
 from lightalign.errors import DataError
 
-LM_FORMATS = ("auto", "messages", "conversations", "prompt_completion", "alpaca", "text")
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -96,9 +95,7 @@ def alpaca_prompt(row: dict, origin: str) -> str:
 
 
 def to_lm_example(row: dict, origin: str, fmt: str = "auto") -> Conversation | PlainText:
-    """Normalise one row for supervised fine-tuning or pre-training."""
-    if fmt not in LM_FORMATS:
-        raise DataError(origin, f"unknown data format {fmt!r}; valid: {', '.join(LM_FORMATS)}")
+    """Normalise one row for supervised fine-tuning or pre-training; ``fmt`` is ``data.format`` (see above)."""
     if fmt == "auto":
         fmt = detect_lm_format(row, origin)
     if fmt == "text":

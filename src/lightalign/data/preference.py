@@ -44,8 +44,6 @@ from lightalign.data.readers import read_rows
 from lightalign.data.types import Message, PreferencePair
 from lightalign.errors import DataError
 
-PREFERENCE_FORMATS = ("auto", "pairs", "hh", "ranking")
-INVALID_POLICIES = ("error", "skip")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
@@ -183,8 +181,6 @@ def to_preference_pairs(row: dict, origin: str, fmt: str = "auto", group: int = 
         InvalidPreference: a usable row shape whose preference is not (see the module docstring).
         DataError: an unrecognised row.
     """
-    if fmt not in PREFERENCE_FORMATS:
-        raise DataError(origin, f"unknown preference format {fmt!r}; valid: {', '.join(PREFERENCE_FORMATS)}")
     if fmt == "auto":
         fmt = detect_preference_format(row, origin)
     if fmt == "ranking":
@@ -224,8 +220,6 @@ def load_preference_pairs(
         >>> report.pairs, pairs[0].group, pairs[0].weight      # 4 answers per prompt: 6 pairs each
         (12, 0, 0.16666666666666666)
     """
-    if invalid not in INVALID_POLICIES:
-        raise DataError("config", f"data.invalid={invalid!r} is not one of {', '.join(INVALID_POLICIES)}")
     pairs: list[PreferencePair] = []
     report = PreferenceReport()
     for row, origin in read_rows(source, split):
@@ -257,13 +251,11 @@ def prompt_key(pair: PreferencePair) -> str:
 def split_held_out(
     pairs: list[PreferencePair], fraction: float, seed: int = 0
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Hold out ``fraction`` of the prompts (all pairs of a prompt go to the same side): ``(train, held_out)``.
+    """Hold out ``fraction`` (in [0, 1)) of the prompts, all pairs of a prompt on one side: ``(train, held_out)``.
 
     Holding out whole prompts keeps held-out accuracy honest: a ranking's other pairs in the training set
     would otherwise give its answers away.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise DataError("config", f"data.eval_fraction={fraction} must be in [0, 1)")
     keys = sorted({prompt_key(p) for p in pairs})
     if fraction == 0.0 or len(keys) < 2:
         return pairs, []

@@ -9,8 +9,9 @@ token is its EOS (SmolLM2, Llama-3 ...) still learns to stop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -18,7 +19,8 @@ from lightalign.data.types import Conversation, Message, PlainText, PreferencePa
 from lightalign.errors import DataError
 
 IGNORE_INDEX = -100
-OVERLONG_POLICIES = ("error", "truncate", "skip")
+
+RowT = TypeVar("RowT")
 
 
 @dataclass
@@ -32,6 +34,42 @@ class TokenizeReport:
 
     def as_metrics(self, prefix: str) -> dict[str, int]:
         return {f"{prefix}_rows": self.kept, f"{prefix}_truncated": self.truncated, f"{prefix}_skipped": self.skipped}
+
+
+def fit_to_max_length(
+    row: RowT,
+    length: int,
+    *,
+    origin: str,
+    max_length: int,
+    overlong: str,
+    truncate: Callable[[RowT], RowT | None],
+    report: TokenizeReport,
+    message: str | None = None,
+) -> RowT | None:
+    """``row`` as it is kept under the over-long policy (``data.overlong``), or ``None`` when it is skipped.
+
+    A row of ``length`` <= ``max_length`` is kept unchanged. A longer one raises a :class:`DataError` naming
+    ``origin`` (``error``; ``message`` replaces the usual text), is skipped (``skip``) or is cut by ``truncate``
+    (``truncate``), which returns ``None`` when nothing useful would be left: the row is then skipped too.
+    Every row is counted in ``report``: kept (and truncated) or skipped.
+
+    Example: ``fit_to_max_length([1, 2, 3], 3, origin="f:1", max_length=2, overlong="truncate",
+    truncate=lambda ids: ids[:2], report=report)`` gives ``[1, 2]`` and counts one kept, truncated row.
+    """
+    if length > max_length:
+        if overlong == "error":
+            raise DataError(origin, message or f"{length} tokens > data.max_length={max_length}; "
+                                               "set data.overlong=truncate or data.overlong=skip")
+        fitted = None if overlong == "skip" else truncate(row)
+        if fitted is None:
+            report.skipped += 1
+            report.skipped_origins.append(origin)
+            return None
+        row = fitted
+        report.truncated += 1
+    report.kept += 1
+    return row
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Message], *, add_generation_prompt: bool) -> str:
@@ -95,8 +133,11 @@ def tokenize_lm_examples(
 
     A truncated sample that loses all its answer tokens is skipped (and counted): it would teach nothing.
     """
-    if overlong not in OVERLONG_POLICIES:
-        raise DataError("config", f"data.overlong={overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
+
+    def truncate(row: dict[str, list[int]]) -> dict[str, list[int]] | None:
+        row = {key: value[:max_length] for key, value in row.items()}
+        return None if all(label == IGNORE_INDEX for label in row["labels"]) else row
+
     report = TokenizeReport()
     rows: list[dict[str, list[int]]] = []
     for example in examples:
@@ -104,25 +145,10 @@ def tokenize_lm_examples(
             row = tokenize_text(tokenizer, example)
         else:
             row = tokenize_conversation(tokenizer, example)
-        if len(row["input_ids"]) > max_length:
-            if overlong == "error":
-                raise DataError(
-                    example.origin,
-                    f"{len(row['input_ids'])} tokens > data.max_length={max_length}; "
-                    "set data.overlong=truncate or data.overlong=skip",
-                )
-            if overlong == "skip":
-                report.skipped += 1
-                report.skipped_origins.append(example.origin)
-                continue
-            row = {key: value[:max_length] for key, value in row.items()}
-            if all(label == IGNORE_INDEX for label in row["labels"]):
-                report.skipped += 1
-                report.skipped_origins.append(example.origin)
-                continue
-            report.truncated += 1
-        report.kept += 1
-        rows.append(row)
+        row = fit_to_max_length(row, len(row["input_ids"]), origin=example.origin, max_length=max_length,
+                                overlong=overlong, truncate=truncate, report=report)
+        if row is not None:
+            rows.append(row)
     return rows, report
 
 
@@ -146,11 +172,6 @@ def keep_last(ids: list[int], max_length: int) -> list[int]:
     return ids[-max_length:] if len(ids) > max_length else ids
 
 
-def _check_overlong(overlong: str) -> None:
-    if overlong not in OVERLONG_POLICIES:
-        raise DataError("config", f"data.overlong={overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
-
-
 def tokenize_reward_groups(
     tokenizer: PreTrainedTokenizerBase,
     pairs: Iterable[PreferencePair],
@@ -168,7 +189,10 @@ def tokenize_reward_groups(
     Over-long sequences: ``error``, ``skip`` the group, or ``truncate`` keeping the *last* ``max_length``
     tokens (the score is read at the end). The report counts groups.
     """
-    _check_overlong(overlong)
+
+    def truncate(row: dict) -> dict:
+        return {**row, "input_ids": [keep_last(ids, max_length) for ids in row["input_ids"]]}
+
     groups: dict[tuple, list[PreferencePair]] = {}
     for index, pair in enumerate(pairs):
         key = ("group", pair.group) if pair.group is not None else ("pair", index)
@@ -185,20 +209,10 @@ def tokenize_reward_groups(
                     row["input_ids"].append(encode_exchange(tokenizer, pair.prompt, answer))
                 row[column].append(texts.index(answer))
             row["pair_weight"].append(pair.weight)
-        longest = max(len(ids) for ids in row["input_ids"])
-        if longest > max_length:
-            origin = members[0].origin
-            if overlong == "error":
-                raise DataError(origin, f"{longest} tokens > data.max_length={max_length}; "
-                                        "set data.overlong=truncate or data.overlong=skip")
-            if overlong == "skip":
-                report.skipped += 1
-                report.skipped_origins.append(origin)
-                continue
-            row["input_ids"] = [keep_last(ids, max_length) for ids in row["input_ids"]]
-            report.truncated += 1
-        report.kept += 1
-        rows.append(row)
+        row = fit_to_max_length(row, max(len(ids) for ids in row["input_ids"]), origin=members[0].origin,
+                                max_length=max_length, overlong=overlong, truncate=truncate, report=report)
+        if row is not None:
+            rows.append(row)
     return rows, report
 
 
@@ -215,7 +229,13 @@ def tokenize_preference_pairs(
     token included, so DPO also learns where an answer stops). ``truncate`` cuts the answers' ends so that
     prompt + answer fits; a pair whose prompt alone leaves no room is skipped and counted.
     """
-    _check_overlong(overlong)
+
+    def truncate(row: dict[str, list[int]]) -> dict[str, list[int]] | None:
+        room = max_length - len(row["prompt_ids"])
+        if room < 1:
+            return None
+        return {**row, "chosen_ids": row["chosen_ids"][:room], "rejected_ids": row["rejected_ids"][:room]}
+
     report = TokenizeReport()
     rows: list[dict[str, list[int]]] = []
     for pair in pairs:
@@ -226,19 +246,10 @@ def tokenize_preference_pairs(
         start = min(_common_prefix(prompt_ids, chosen), _common_prefix(prompt_ids, rejected))
         row = {"prompt_ids": prompt_ids[:start], "chosen_ids": chosen[start:], "rejected_ids": rejected[start:]}
         length = start + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
-        if length > max_length:
-            if overlong == "error":
-                raise DataError(pair.origin, f"{length} tokens > data.max_length={max_length}; "
-                                             "set data.overlong=truncate or data.overlong=skip")
-            room = max_length - start
-            if overlong == "skip" or room < 1:
-                report.skipped += 1
-                report.skipped_origins.append(pair.origin)
-                continue
-            row["chosen_ids"], row["rejected_ids"] = row["chosen_ids"][:room], row["rejected_ids"][:room]
-            report.truncated += 1
-        report.kept += 1
-        rows.append(row)
+        row = fit_to_max_length(row, length, origin=pair.origin, max_length=max_length, overlong=overlong,
+                                truncate=truncate, report=report)
+        if row is not None:
+            rows.append(row)
     return rows, report
 
 
@@ -260,23 +271,20 @@ def tokenize_prompts(
     Example: ``tokenize_prompts(tok, [PromptOnly([{"role": "user", "content": "Hi"}])], max_length=64)`` gives
     ``([that prompt], [ids of "<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n"], report)``.
     """
-    _check_overlong(overlong)
+
+    def truncate(ids: list[int]) -> list[int]:
+        return keep_last(ids, max_length)
+
     report = TokenizeReport()
     kept: list[PromptOnly] = []
     encoded: list[list[int]] = []
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt.prompt)
-        if len(ids) > max_length:
-            if overlong == "error":
-                raise DataError(prompt.origin, f"prompt of {len(ids)} tokens > {max_length} (data.max_length minus "
-                                               "the answer's max_new_tokens); set data.overlong=truncate or skip")
-            if overlong == "skip":
-                report.skipped += 1
-                report.skipped_origins.append(prompt.origin)
-                continue
-            ids = keep_last(ids, max_length)
-            report.truncated += 1
-        report.kept += 1
-        kept.append(prompt)
-        encoded.append(ids)
+        ids = fit_to_max_length(ids, len(ids), origin=prompt.origin, max_length=max_length, overlong=overlong,
+                                truncate=truncate, report=report,
+                                message=f"prompt of {len(ids)} tokens > {max_length} (data.max_length minus the "
+                                        "answer's max_new_tokens); set data.overlong=truncate or skip")
+        if ids is not None:
+            kept.append(prompt)
+            encoded.append(ids)
     return kept, encoded, report

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import Message
+from lightalign.models.modes import eval_mode
 from lightalign.progress import progress_bar
 
 
@@ -44,14 +45,11 @@ def generate_answers(
     desc: str = "generating",
 ) -> list[Answer]:
     """Answer each prompt (greedy when ``temperature == 0``), in batches of left-padded prompts."""
-    was_training = model.training
-    model.eval()
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
     answers: list[Answer] = []
     sampling = temperature > 0
-    bar = progress_bar(len(prompts), desc, unit="prompt")
-    try:
+    with eval_mode(model), progress_bar(len(prompts), desc, unit="prompt") as bar:
         for start in range(0, len(prompts), batch_size):
             encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
             batch = {k: v.to(device) for k, v in pad_prompts(encoded, tokenizer.pad_token_id).items()}
@@ -71,7 +69,4 @@ def generate_answers(
                 text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 answers.append(Answer(text, len(tokens) + (cut is not None), cut is not None))
             bar.update(len(encoded))
-    finally:
-        bar.close()
-        model.train(was_training)
     return answers

@@ -23,6 +23,7 @@ from lightalign.data.collators import pad_lm
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
 from lightalign.eval.generation import Answer, generate_answers
+from lightalign.models.modes import eval_mode
 from lightalign.progress import iter_batches
 from lightalign.rundir import read_log
 
@@ -76,7 +77,6 @@ class EvalContext:
     output_dir: Path
     step: int = 0
     prefix: str = ""
-    extras: dict = field(default_factory=dict)
 
 
 class EvalHook(Protocol):
@@ -120,11 +120,9 @@ class HeldOutLoss:
     @torch.no_grad()
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         model = ctx.model
-        was_training = model.training
-        model.eval()
         device = next(model.parameters()).device
         total_loss, total_tokens = 0.0, 0
-        try:
+        with eval_mode(model):
             for rows in iter_batches(self.rows, self.batch_size, eval_desc(ctx, "loss")):
                 batch = pad_lm(rows, self.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -135,8 +133,6 @@ class HeldOutLoss:
                 )
                 total_loss += losses.item()
                 total_tokens += int((labels != -100).sum())
-        finally:
-            model.train(was_training)
         loss = total_loss / max(total_tokens, 1)
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 

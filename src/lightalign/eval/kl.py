@@ -16,6 +16,7 @@ from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import PromptOnly
 from lightalign.eval.generation import stop_token_ids
 from lightalign.eval.hooks import EvalContext, eval_desc
+from lightalign.models.modes import eval_mode
 from lightalign.models.reference import use_reference
 from lightalign.ppo.sampling import logprobs_from_logits, response_logits, sample_responses
 from lightalign.progress import iter_batches
@@ -44,11 +45,9 @@ class ReferenceKL:
     @torch.no_grad()
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         model, tokenizer = ctx.model, ctx.tokenizer
-        was_training = model.training
-        model.eval()
         device = next(model.parameters()).device
         total_kl, total_tokens, answers = 0.0, 0, 0
-        try:
+        with eval_mode(model):
             for prompts in iter_batches(self.prompts, self.batch_size, eval_desc(ctx, f"KL to {self.reference_name}"),
                                         unit="prompt"):
                 encoded = [encode_prompt(tokenizer, p.prompt) for p in prompts]
@@ -77,8 +76,6 @@ class ReferenceKL:
                 total_kl += log_ratio.sum().item()
                 total_tokens += int(sampled.mask.sum())
                 answers += len(encoded)
-        finally:
-            model.train(was_training)
         return {
             f"kl_to_{self.reference_name}": total_kl / max(answers, 1),
             f"kl_to_{self.reference_name}_per_token": total_kl / max(total_tokens, 1),

@@ -21,6 +21,7 @@ from lightalign.data.preference import prompt_key
 from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
 from lightalign.data.types import PreferencePair
 from lightalign.eval.hooks import EvalContext, SampleAnswers, eval_desc
+from lightalign.models.modes import eval_mode
 from lightalign.models.reference import use_reference
 from lightalign.ppo.sampling import logprobs_from_logits
 from lightalign.progress import iter_batches
@@ -92,19 +93,15 @@ def completion_logprobs(
 def _sequence_logprobs(model: PreTrainedModel, rows: Sequence[dict], pad_token_id: int, batch_size: int,
                        desc: str) -> list[float]:
     """Summed log-probability of each row's labelled tokens (``pad_lm`` rows)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     sums: list[float] = []
-    try:
+    with eval_mode(model):
         for chunk in iter_batches(rows, batch_size, desc, unit="answer"):
             batch = {k: v.to(device) for k, v in pad_lm(chunk, pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             labels = batch["labels"][:, 1:]
             token_logps = logprobs_from_logits(logits[:, :-1], labels.clamp(min=0)) * (labels != IGNORE_INDEX)
             sums += token_logps.sum(-1).tolist()
-    finally:
-        model.train(was_training)
     return sums
 
 

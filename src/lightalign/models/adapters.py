@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
+from lightalign.config.schema import LoraSettings
 from lightalign.errors import ModelNotFoundError
-
-
-@dataclass
-class LoraSettings:
-    """LoRA hyper-parameters. ``target_modules=["all-linear"]`` adapts every linear layer but the head."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
 def is_quantized(model: PreTrainedModel) -> bool:

@@ -10,7 +10,6 @@ Model names:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +24,7 @@ from transformers import (
 )
 
 from lightalign.atomic import build_folder_atomically
+from lightalign.config.schema import Quantization
 from lightalign.data.templates import ensure_chat_template
 from lightalign.errors import ModelNotFoundError
 from lightalign.models.score_position import score_pad_token_id
@@ -34,24 +34,17 @@ EMBEDDED_PREFIX = "lightalign:"
 EMBEDDED_MODELS = ("smollm2-135m-instruct", "tiny-random")
 
 
-@dataclass
-class Quantization:
-    """How to quantise the frozen base weights (QLoRA). ``load_in_4bit=False`` means plain LoRA."""
-
-    load_in_4bit: bool = True
-    quant_type: str = "nf4"
-    double_quant: bool = True
-
-    def to_bnb_config(self, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
-        if not self.load_in_4bit:
-            return None
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=self.quant_type,
-            bnb_4bit_use_double_quant=self.double_quant,
-            bnb_4bit_compute_dtype=compute_dtype,
-            bnb_4bit_quant_storage=torch.uint8,
-        )
+def build_bnb_config(quantization: Quantization | None, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    """bitsandbytes' 4-bit config for ``quantization``; ``None`` (full-precision weights) without one."""
+    if quantization is None or not quantization.load_in_4bit:
+        return None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.quant_type,
+        bnb_4bit_use_double_quant=quantization.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=torch.uint8,
+    )
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -123,7 +116,7 @@ def load_base_model(
         head: ``causal-lm`` for policies, ``score`` for a reward/value model (one scalar per sequence).
     """
     path = resolve_model_path(name_or_path)
-    bnb = quantization.to_bnb_config(compute_dtype) if quantization else None
+    bnb = build_bnb_config(quantization, compute_dtype)
     on_gpu = torch.cuda.is_available()
     kwargs: dict = {
         "revision": revision,

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
 
 @dataclass(frozen=True)
 class Precision:
@@ -39,15 +37,11 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(requested: str = "auto") -> Precision:
-    """Resolve ``auto|bf16|fp16|fp32`` against the available device.
+    """Resolve ``auto|bf16|fp16|fp32`` (``trainer.precision``, checked by its schema) against the available device.
 
     On CPU the trainer runs in fp32 while 4-bit layers compute in bf16 where the CPU supports it natively
     (it halves the dequantised weight traffic), else in fp32 (:func:`cpu_has_fast_bf16`).
     """
-    if requested not in PRECISIONS:
-        from lightalign.errors import ConfigError
-
-        raise ConfigError(f"trainer.precision={requested!r} is not one of {', '.join(PRECISIONS)}")
     cuda = torch.cuda.is_available()
     if requested == "auto":
         if not cuda:

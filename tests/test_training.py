@@ -1,0 +1,18 @@
+"""Resume discovery: the newest *complete* checkpoint, by step number (checkpoint-10 is newer than -9)."""
+
+from lightalign.training import CHECKPOINTS, complete_checkpoints, find_resume_checkpoint
+
+
+def test_checkpoints_are_ordered_by_step_and_torn_ones_left_out(tmp_path):
+    root = tmp_path / CHECKPOINTS
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-2", "checkpoint-11", "checkpoint-final"):
+        (root / name).mkdir(parents=True)
+        (root / name / "trainer_state.json").write_text("{}")
+    (root / "checkpoint-11" / "trainer_state.json").unlink()  # killed while saving: torn
+    assert [p.name for p in complete_checkpoints(root)] == ["checkpoint-2", "checkpoint-9", "checkpoint-10"]
+    assert find_resume_checkpoint(tmp_path) == str(root / "checkpoint-10")
+
+
+def test_no_checkpoints_folder_means_a_fresh_start(tmp_path):
+    assert complete_checkpoints(tmp_path / CHECKPOINTS) == []
+    assert find_resume_checkpoint(tmp_path) is None
