@@ -14,6 +14,7 @@ from peft import PeftModel
 from transformers import BitsAndBytesConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from lightalign.errors import ConfigError
+from lightalign.models.loading import keep_4bit_layers_differentiable
 from lightalign.ppo.losses import policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles, load_score_head, load_shared_base_roles
 from lightalign.ppo.sampling import logprobs_from_logits, truncate_after_eos
@@ -31,6 +32,7 @@ def build_roles(dirs: dict[str, Path], quantized: bool = False, **kwargs) -> Sha
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
     base = LlamaForCausalLM.from_pretrained(dirs["base"], quantization_config=quantization)
+    keep_4bit_layers_differentiable(base)  # as load_base_model does: the same kernel on every CPU
     return load_shared_base_roles(base, dirs["sft"], dirs["rm"], **kwargs)
 
 
