@@ -7,9 +7,8 @@ import math
 import pytest
 
 from lightalign.data import load_prompt_examples
+from lightalign.eval.hooks import JudgeError, judge_scores
 from lightalign.rankings import (
-    JudgeError,
-    judge_scores,
     ranked_pairs,
     ranking_from_scores,
     read_ranking_rows,

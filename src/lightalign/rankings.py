@@ -13,23 +13,22 @@ already in the file, with the helpers here.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lightalign.data.formats import prompt_text
 from lightalign.data.types import Message
-from lightalign.errors import DataError, LightalignError
+from lightalign.errors import DataError
+from lightalign.eval.generation import generate_answers
+from lightalign.eval.hooks import ScoreFn, judge_scores
 
 Ranking = list[int | list[int]]
 SampleFn = Callable[[list[Message], int, int], list[str]]  # (prompt, how many, seed) -> answers
-ScoreFn = Callable[[list[str], list[str]], list[float]]  # (prompts, answers) -> scores
 SCORE_DECIMALS = 6  # scores equal to this many decimals tie: float noise must not invent a preference
-
-
-class JudgeError(LightalignError):
-    """A judge (a ``(prompts, answers) -> scores`` callable) raised or returned unusable scores."""
 
 
 def prompt_key(prompt: str | list[Message]) -> str:
@@ -103,28 +102,6 @@ def distinct_answers(sample: SampleFn, prompt: list[Message], k: int, seed: int,
     return answers[:k]
 
 
-def judge_scores(judge: ScoreFn, prompts: list[str], answers: list[str]) -> list[float]:
-    """``judge(prompts, answers)``, checked: one finite number per answer.
-
-    Raises:
-        JudgeError: one line naming the judge and what was wrong (it raised, gave the wrong number of
-            scores, or a score that is not a finite number).
-    """
-    name = getattr(judge, "__qualname__", None) or type(judge).__qualname__
-    try:
-        scores = list(judge(prompts, answers))
-    except Exception as err:  # noqa: BLE001 -- any failure of user code becomes one line
-        raise JudgeError(f"judge {name} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                         ) from err
-    if len(scores) != len(answers):
-        raise JudgeError(f"judge {name} returned {len(scores)} scores for {len(answers)} answers")
-    for i, score in enumerate(scores):
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise JudgeError(f"judge {name} returned {score!r} for answer {i} ({answers[i][:40]!r} to "
-                             f"{prompts[i][:40]!r}); scores must be finite numbers")
-    return [float(s) for s in scores]
-
-
 def ranking_from_scores(scores: Sequence[float]) -> Ranking:
     """Indices best first, answers with equal scores (to ``SCORE_DECIMALS``) tied in a nested list.
 
@@ -184,18 +161,13 @@ def sample_and_judge(
 
     Args:
         prompts: :class:`~lightalign.data.types.PromptOnly` items (their ``prompt`` is a message list).
-        judge: ``(prompts, answers) -> scores``; checked by :func:`judge_scores`.
+        judge: ``(prompts, answers) -> scores``; checked by :func:`~lightalign.eval.hooks.judge_scores`.
         path: The append-only work file; every row holds ``prompt``, ``responses`` (distinct, non-empty),
             ``scores``, ``ranking`` (ties nested), ``model`` and ``sampling`` (the settings).
 
     Returns:
         Every row of ``path`` (old and new), in file order.
     """
-    import torch
-
-    from lightalign.data.formats import prompt_text
-    from lightalign.eval.generation import generate_answers
-
     done = resume_rankings(path)
     per_call = max(1, batch_size // k)
     chunks = [list(prompts[i : i + per_call]) for i in range(0, len(prompts), per_call)]

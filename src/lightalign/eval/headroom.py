@@ -14,8 +14,7 @@ import torch
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
 from lightalign.eval.generation import generate_answers
-from lightalign.eval.hooks import EvalContext, judge_correctness, untouched_rng
-from lightalign.rankings import ScoreFn, judge_scores
+from lightalign.eval.hooks import EvalContext, ScoreFn, judge_correctness, judge_scores, untouched_rng
 
 
 @dataclass

@@ -22,12 +22,39 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from lightalign.data.collators import pad_lm
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
+from lightalign.errors import LightalignError
 from lightalign.eval.generation import Answer, generate_answers
 from lightalign.models.modes import eval_mode
 from lightalign.progress import iter_batches
 from lightalign.rundir import read_log
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]  # (prompts, answers) -> scores
+
+
+class JudgeError(LightalignError):
+    """A judge (a ``(prompts, answers) -> scores`` callable) raised or returned unusable scores."""
+
+
+def judge_scores(judge: ScoreFn, prompts: list[str], answers: list[str]) -> list[float]:
+    """``judge(prompts, answers)``, checked: one finite number per answer.
+
+    Raises:
+        JudgeError: one line naming the judge and what was wrong (it raised, gave the wrong number of
+            scores, or a score that is not a finite number).
+    """
+    name = getattr(judge, "__qualname__", None) or type(judge).__qualname__
+    try:
+        scores = list(judge(prompts, answers))
+    except Exception as err:  # noqa: BLE001 -- any failure of user code becomes one line
+        raise JudgeError(f"judge {name} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                         ) from err
+    if len(scores) != len(answers):
+        raise JudgeError(f"judge {name} returned {len(scores)} scores for {len(answers)} answers")
+    for i, score in enumerate(scores):
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise JudgeError(f"judge {name} returned {score!r} for answer {i} ({answers[i][:40]!r} to "
+                             f"{prompts[i][:40]!r}); scores must be finite numbers")
+    return [float(s) for s in scores]
 CORRECT = "correct_fraction"  # the share of correct answers; per question family: "correct_fraction/<family>"
 
 
