@@ -76,9 +76,10 @@ def test_demonstrations_are_correct_but_only_partly_concise(demo: dict[str, list
     assert min(scores) >= 0.7  # every demonstration is correct (0.6) and well-formed (0.15)
     answers = [row["messages"][-1]["content"] for row in demo["sft"]]
     chatty = [s for s, a in zip(scores, answers, strict=True) if a.endswith(dataset.CHATTER)]
-    assert 0.4 < len(chatty) / len(scores) < 0.6 and max(chatty) < 0.9  # boilerplate costs conciseness
+    share = dataset.SFT_CHATTY
+    assert share - 0.1 < len(chatty) / len(scores) < share + 0.1 and max(chatty) < 0.9  # boilerplate costs
     verbose = sum(s < 1.0 for s in scores) / len(scores) - len(chatty) / len(scores)  # a full sentence
-    assert 0.1 < verbose < 0.3
+    assert dataset.SFT_VERBOSE - 0.1 < verbose < dataset.SFT_VERBOSE + 0.1
 
 
 @pytest.mark.parametrize("k", [2, 3, 4, 6])
