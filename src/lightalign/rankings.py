@@ -94,9 +94,7 @@ def distinct_answers(sample: SampleFn, prompt: list[Message], k: int, seed: int,
     """Up to ``k`` distinct, non-empty answers; identical answers would make an unusable (tied) ranking."""
     answers: list[str] = []
     for attempt in range(rounds):
-        for text in sample(prompt, k - len(answers), seed + attempt):
-            if text.strip() and text not in answers:
-                answers.append(text)
+        answers = distinct_texts([*answers, *sample(prompt, k - len(answers), seed + attempt)])
         if len(answers) >= k:
             break
     return answers[:k]

@@ -255,11 +255,12 @@ PREFERENCE_DATA: list[tuple[str, str, str]] = [
 
 def collect_preference_data(run_dir: Path) -> list[tuple[str, float]]:
     """What the preference stages learned from (:data:`PREFERENCE_DATA`), for the numbers a run has."""
+    metrics = {stage: _stage_metrics(run_dir, stage) for stage in {stage for stage, _, _ in PREFERENCE_DATA}}
     found = []
     for stage, key, title in PREFERENCE_DATA:
-        value = _stage_metrics(run_dir, stage).get(key)
+        value = metrics[stage].get(key)
         if value is not None:
-            k = _stage_metrics(run_dir, stage).get("pass_k")
+            k = metrics[stage].get("pass_k")
             found.append((title.replace("(pass@k)", f"(pass@{k:.0f})") if k else title, value))
     return found
 
