@@ -92,12 +92,12 @@ class SeparateRoles:
         return self.policy
 
     def policy_logits(self, input_ids, attention_mask, start, *, temperature):
-        from lightalign.ppo.sampling import response_logits
+        from lightalign.generation import response_logits
 
         return response_logits(self.policy, input_ids, attention_mask, start, temperature)
 
     def policy_logprobs(self, input_ids, attention_mask, start, *, temperature):
-        from lightalign.ppo.sampling import logprobs_from_logits
+        from lightalign.generation import logprobs_from_logits
 
         logits = self.policy_logits(input_ids, attention_mask, start, temperature=temperature)
         return logprobs_from_logits(logits, input_ids[:, start:])
@@ -105,14 +105,14 @@ class SeparateRoles:
     def ref_logprobs(self, input_ids, attention_mask, start, *, temperature):
         import torch
 
-        from lightalign.ppo.sampling import logprobs_from_logits, response_logits
+        from lightalign.generation import logprobs_from_logits, response_logits
 
         with torch.no_grad():
             logits = response_logits(self.ref, input_ids, attention_mask, start, temperature)
         return logprobs_from_logits(logits, input_ids[:, start:])
 
     def values(self, input_ids, attention_mask, start):
-        from lightalign.ppo.sampling import position_ids_from_mask
+        from lightalign.generation import position_ids_from_mask
 
         decoder = self.value.get_base_model().get_decoder()
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
@@ -126,7 +126,7 @@ class SeparateRoles:
             return self.reward(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
     def generate(self, prompt_ids, prompt_mask, **kwargs):
-        from lightalign.ppo.sampling import sample_responses
+        from lightalign.generation import sample_responses
 
         return sample_responses(self.policy, prompt_ids, prompt_mask, **kwargs)
 
@@ -136,13 +136,13 @@ def run_variant(variant: str, model_name: str, sft: Path, reward: Path, rollouts
     import torch
     from peft import prepare_model_for_kbit_training
 
+    from lightalign.config.schema import PPOSettings
     from lightalign.data import load_prompt_examples
     from lightalign.data.tokenize import tokenize_prompts
     from lightalign.models import Quantization, load_base_model, load_tokenizer, resolve_precision
     from lightalign.ppo.rewards import SharedBaseRewardModel
     from lightalign.ppo.roles import load_shared_base_roles
     from lightalign.ppo.rollout import collect_rollout
-    from lightalign.ppo.settings import PPOSettings
     from lightalign.ppo.update import ppo_update
 
     import_mb = peak_rss_mb()

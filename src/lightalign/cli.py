@@ -251,7 +251,7 @@ def rank_command(args: argparse.Namespace) -> int:
 
     from lightalign.commands.rank import rank_prompts
     from lightalign.data import load_prompt_examples
-    from lightalign.eval.generation import generate_answers
+    from lightalign.generation import generate_answers
     from lightalign.rankings import resume_rankings
 
     prompts = load_prompt_examples(args.prompts, limit=args.limit)

@@ -23,8 +23,8 @@ import torch
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import Message
 from lightalign.errors import DataError
-from lightalign.eval.generation import generate_answers
 from lightalign.eval.hooks import ScoreFn, judge_scores
+from lightalign.generation import generate_answers
 
 Ranking = list[int | list[int]]
 SampleFn = Callable[[list[Message], int, int], list[str]]  # (prompt, how many, seed) -> answers

@@ -9,7 +9,7 @@ import pytest
 
 from lightalign.cli import main as cli
 from lightalign.commands.chat import ChatSession, chat_loop, chat_once
-from lightalign.eval.generation import generate_answers
+from lightalign.generation import generate_answers
 from lightalign.models import load_base_model, load_tokenizer
 from lightalign.models.trained import load_model_source, resolve_model_source
 

@@ -14,12 +14,19 @@ from lightalign.config.schema import (
     DataSettings,
     DPOOptions,
     PPOOptions,
+    PPOSettings,
     PreferenceDataSettings,
     RankingsOptions,
     RankingsStageConfig,
     TrainerSettings,
 )
 from lightalign.errors import ConfigError
+
+
+def test_an_unknown_kl_estimator_names_the_valid_ones():
+    assert PPOSettings(kl_estimator="k3").kl_estimator == "k3"
+    with pytest.raises(ConfigError, match=r"ppo.kl_estimator='k9' is not one of k1, k3"):
+        PPOSettings(kl_estimator="k9")
 
 
 def test_ppo_options_check_value_init_and_the_inherited_ppo_settings():

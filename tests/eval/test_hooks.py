@@ -9,7 +9,8 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from lightalign.data.types import PromptOnly
 from lightalign.demo import GoldJudge
-from lightalign.eval import Answer, EvalContext, EvalHookCallback, SampleAnswers
+from lightalign.eval import EvalContext, EvalHookCallback, SampleAnswers
+from lightalign.generation import Answer
 from lightalign.rundir import read_log
 
 

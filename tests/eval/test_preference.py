@@ -16,10 +16,10 @@ from lightalign.eval import (
     PairwiseAccuracy,
     ReferenceWinRate,
     SampleAnswers,
-    generate_answers,
 )
 from lightalign.eval import hooks as hooks_module
 from lightalign.eval.preference import completion_logprobs
+from lightalign.generation import generate_answers
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
 from lightalign.models.reference import load_policy, set_up_reference
 

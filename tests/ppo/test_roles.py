@@ -14,10 +14,10 @@ from peft import PeftModel
 from transformers import BitsAndBytesConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from lightalign.errors import ConfigError
+from lightalign.generation import logprobs_from_logits
 from lightalign.models.loading import keep_4bit_layers_differentiable
 from lightalign.ppo.losses import policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles, load_score_head, load_shared_base_roles
-from lightalign.ppo.sampling import logprobs_from_logits, truncate_after_eos
 
 PAD_ID, EOS_ID = 0, 2
 
@@ -85,22 +85,6 @@ def changed_parts(before: dict[str, torch.Tensor], roles: SharedBaseRoles) -> se
         if not torch.equal(before[name], value):
             changed.add(name.split(".")[0] if name.startswith(("value_head.", "reward_head.")) else adapter_of(name))
     return changed
-
-
-def test_truncate_after_eos():
-    tokens = torch.tensor([[5, EOS_ID, 7, EOS_ID], [5, 6, 7, 8], [EOS_ID, 3, 3, 3]])
-    out = truncate_after_eos(tokens, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    assert out.tokens.tolist() == [[5, EOS_ID, 0, 0], [5, 6, 7, 8], [EOS_ID, 0, 0, 0]]
-    assert out.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
-    assert out.ended_with_eos.tolist() == [True, False, True]
-
-
-def test_truncate_after_any_of_several_stop_tokens():
-    # EOS and the chat template's end-of-turn token may differ (Llama 3): either one ends the answer.
-    tokens = torch.tensor([[5, 9, 7, EOS_ID], [5, 6, EOS_ID, 9], [5, 6, 7, 8]])
-    out = truncate_after_eos(tokens, eos_token_id=[EOS_ID, 9], pad_token_id=PAD_ID)
-    assert out.tokens.tolist() == [[5, 9, 0, 0], [5, 6, EOS_ID, 0], [5, 6, 7, 8]]
-    assert out.ended_with_eos.tolist() == [True, True, False]
 
 
 def test_policy_and_reference_agree_at_init_and_only_policy_value_train(tiny_ppo_dirs, batch):

@@ -9,18 +9,18 @@ import torch
 from peft import PeftModel, prepare_model_for_kbit_training
 from torch import Tensor
 
+from lightalign.config.schema import PPOSettings
 from lightalign.data import load_prompt_examples
 from lightalign.data.formats import prompt_text
 from lightalign.data.tokenize import encode_exchange, tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError
+from lightalign.generation import logprobs_from_logits, position_ids_from_mask
 from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
 from lightalign.models.adapters import build_lora_config
 from lightalign.ppo.advantages import gae_advantages, masked_mean, masked_var, masked_whiten
 from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage, score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout, decode_answers
-from lightalign.ppo.sampling import logprobs_from_logits, position_ids_from_mask
-from lightalign.ppo.settings import PPOSettings
 from lightalign.reward_model import score_sequences
 
 TINY = "lightalign:tiny-random"

@@ -11,6 +11,7 @@ from peft import prepare_model_for_kbit_training
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lightalign.ppo.rollout as rollout_module
+from lightalign.config.schema import PPOSettings
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError
@@ -20,7 +21,6 @@ from lightalign.models.tiny import build_tiny_tokenizer
 from lightalign.ppo.losses import entropy_from_logits
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout
-from lightalign.ppo.settings import PPOSettings
 from lightalign.ppo.update import ppo_update
 
 TINY = "lightalign:tiny-random"

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 from lightalign.commands.terminal import ask
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import Message
-from lightalign.eval.generation import stop_token_ids
+from lightalign.generation import stop_token_ids
 
 HELP = "/reset forgets the conversation, /quit (or Ctrl-D) leaves"
 

@@ -22,7 +22,7 @@ import torch
 
 from lightalign.atomic import build_folder_atomically
 from lightalign.errors import ConfigError
-from lightalign.eval.generation import stop_token_ids
+from lightalign.generation import stop_token_ids
 from lightalign.models.adapters import is_quantized
 from lightalign.models.trained import ModelSource, load_model_source
 

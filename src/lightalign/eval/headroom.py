@@ -13,8 +13,8 @@ import torch
 
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
-from lightalign.eval.generation import generate_answers
 from lightalign.eval.hooks import EvalContext, ScoreFn, judge_correctness, judge_scores, untouched_rng
+from lightalign.generation import generate_answers
 
 
 @dataclass

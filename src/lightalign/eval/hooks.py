@@ -23,7 +23,7 @@ from lightalign.data.collators import pad_lm
 from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
 from lightalign.errors import LightalignError
-from lightalign.eval.generation import Answer, generate_answers
+from lightalign.generation import Answer, generate_answers
 from lightalign.models.modes import eval_mode
 from lightalign.progress import iter_batches
 from lightalign.rundir import read_log

@@ -8,17 +8,17 @@ the base with adapters disabled), so PPO and DPO report the same number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import PromptOnly
-from lightalign.eval.generation import stop_token_ids
 from lightalign.eval.hooks import EvalContext, eval_desc
+from lightalign.generation import sample_and_score, stop_token_ids
 from lightalign.models.modes import eval_mode
 from lightalign.models.reference import use_reference
-from lightalign.ppo.sampling import logprobs_from_logits, response_logits, sample_responses
 from lightalign.progress import iter_batches
 
 
@@ -52,29 +52,22 @@ class ReferenceKL:
                                         unit="prompt"):
                 encoded = [encode_prompt(tokenizer, p.prompt) for p in prompts]
                 batch = {k: v.to(device) for k, v in pad_prompts(encoded, tokenizer.pad_token_id).items()}
-                sampled = sample_responses(
+                scored = sample_and_score(
                     model,
                     batch["input_ids"],
                     batch["attention_mask"],
+                    reference=partial(use_reference, model),
                     max_new_tokens=self.max_new_tokens,
                     eos_token_id=stop_token_ids(tokenizer),
                     pad_token_id=tokenizer.pad_token_id,
                     temperature=self.temperature,
+                    forward_batch_size=self.batch_size,
                 )
-                input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
-                attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
-                prompt_width = batch["input_ids"].shape[1]
-                policy = logprobs_from_logits(
-                    response_logits(model, input_ids, attention_mask, prompt_width, self.temperature), sampled.tokens
-                )
-                with use_reference(model):
-                    reference = logprobs_from_logits(
-                        response_logits(model, input_ids, attention_mask, prompt_width, self.temperature),
-                        sampled.tokens,
-                    )
-                log_ratio = torch.where(sampled.mask.bool(), policy - reference, torch.zeros_like(policy))
+                mask = scored.responses.mask
+                log_ratio = torch.where(mask.bool(), scored.logprobs - scored.ref_logprobs,
+                                        torch.zeros_like(scored.logprobs))
                 total_kl += log_ratio.sum().item()
-                total_tokens += int(sampled.mask.sum())
+                total_tokens += int(mask.sum())
                 answers += len(encoded)
         return {
             f"kl_to_{self.reference_name}": total_kl / max(answers, 1),

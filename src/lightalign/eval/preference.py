@@ -21,9 +21,9 @@ from lightalign.data.preference import prompt_key
 from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
 from lightalign.data.types import PreferencePair
 from lightalign.eval.hooks import EvalContext, SampleAnswers, eval_desc
+from lightalign.generation import logprobs_from_logits
 from lightalign.models.modes import eval_mode
 from lightalign.models.reference import use_reference
-from lightalign.ppo.sampling import logprobs_from_logits
 from lightalign.progress import iter_batches
 from lightalign.reward_model import score_sequences
 from lightalign.rundir import SAMPLES, read_log

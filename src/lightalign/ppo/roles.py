@@ -63,15 +63,15 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from lightalign.errors import ConfigError, ModelNotFoundError
-from lightalign.models.adapters import upcast_trainable
-from lightalign.models.score_position import score_pad_token_id, scored_positions
-from lightalign.ppo.sampling import (
+from lightalign.generation import (
     GeneratedResponses,
     logprobs_from_logits,
     position_ids_from_mask,
     response_logits,
     sample_responses,
 )
+from lightalign.models.adapters import upcast_trainable
+from lightalign.models.score_position import score_pad_token_id, scored_positions
 
 # Keys of a PEFT SEQ_CLS adapter that hold the classification head (saved via modules_to_save=["score"]).
 _HEAD_SUFFIXES = ("score.weight", "score.bias")
@@ -333,7 +333,7 @@ class SharedBaseRoles:
     ) -> GeneratedResponses:
         """Sample one response per left-padded prompt from the policy at ``temperature``.
 
-        See :func:`~lightalign.ppo.sampling.sample_responses` (clean sampling config, top-k/p off by default
+        See :func:`~lightalign.generation.sample_responses` (clean sampling config, top-k/p off by default
         so that PPO's first ratio is exactly 1).
         """
         self._activate(self.policy_adapter)

@@ -11,19 +11,19 @@ resumed run continues with the same prompts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from lightalign.config.schema import PPOSettings
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
 from lightalign.errors import ConfigError
-from lightalign.eval.generation import stop_token_ids
+from lightalign.generation import sample_and_score, stop_token_ids
 from lightalign.ppo.advantages import (
     gae_advantages,
     masked_mean,
@@ -33,7 +33,6 @@ from lightalign.ppo.advantages import (
 )
 from lightalign.ppo.rewards import RewardFn, score_answers
 from lightalign.ppo.roles import SharedBaseRoles
-from lightalign.ppo.settings import PPOSettings
 
 
 class PromptSampler:
@@ -169,12 +168,6 @@ def decode_answers(tokenizer: PreTrainedTokenizerBase, tokens: Tensor, mask: Ten
     return answers
 
 
-def _in_chunks(fn: Callable[..., Tensor], input_ids: Tensor, attention_mask: Tensor, start: int, size: int) -> Tensor:
-    return torch.cat(
-        [fn(input_ids[i : i + size], attention_mask[i : i + size], start) for i in range(0, input_ids.shape[0], size)]
-    )
-
-
 @torch.no_grad()
 def collect_rollout(
     roles: SharedBaseRoles,
@@ -205,31 +198,28 @@ def collect_rollout(
     device = next(roles.model.parameters()).device
     batch = {k: v.to(device) for k, v in pad_prompts(list(prompt_ids), tokenizer.pad_token_id).items()}
     roles.model.eval()  # generation with a KV cache; the update switches back to train mode
-    sampled = roles.generate(
+    sampled = sample_and_score(
+        roles.activate_policy(),
         batch["input_ids"],
         batch["attention_mask"],
+        reference=roles._reference,
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
-        temperature=settings.temperature,
+        temperature=settings.temperature,  # the sampling temperature, which both log-probs use: one source
         top_k=settings.top_k,
         top_p=settings.top_p,
+        forward_batch_size=forward_batch_size,
     )
-    start = batch["input_ids"].shape[1]
-    input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
-    attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
-    mask = sampled.mask
-    at_temperature = {"temperature": settings.temperature}  # the sampling temperature: one source
-    logprobs = _in_chunks(partial(roles.policy_logprobs, **at_temperature), input_ids, attention_mask, start,
-                          forward_batch_size)
-    ref_logprobs = _in_chunks(partial(roles.ref_logprobs, **at_temperature), input_ids, attention_mask, start,
-                              forward_batch_size)
-    values = _in_chunks(roles.values, input_ids, attention_mask, start, forward_batch_size)
+    input_ids, attention_mask, start = sampled.input_ids, sampled.attention_mask, sampled.response_start
+    mask, logprobs, ref_logprobs = sampled.responses.mask, sampled.logprobs, sampled.ref_logprobs
+    values = torch.cat([roles.values(input_ids[i : i + forward_batch_size], attention_mask[i : i + forward_batch_size],
+                                     start) for i in range(0, input_ids.shape[0], forward_batch_size)])
     roles.activate_policy()
 
-    answers = decode_answers(tokenizer, sampled.tokens, mask)
+    answers = decode_answers(tokenizer, sampled.responses.tokens, mask)
     scores = score_answers(reward_fn, prompts, answers).to(device)
-    paid = paid_scores(scores, sampled.ended_with_eos, score_clip=settings.score_clip,
+    paid = paid_scores(scores, sampled.responses.ended_with_eos, score_clip=settings.score_clip,
                        missing_eos_penalty=settings.missing_eos_penalty)
     rewards, kl, non_score_reward = per_token_rewards(
         paid, logprobs, ref_logprobs, mask, kl_coef, kl_estimator=settings.kl_estimator  # type: ignore[arg-type]
@@ -254,6 +244,6 @@ def collect_rollout(
         non_score_reward=non_score_reward,
         scores=scores,
         paid_scores=paid,
-        ended_with_eos=sampled.ended_with_eos,
+        ended_with_eos=sampled.responses.ended_with_eos,
         answers=answers,
     )
