@@ -90,7 +90,7 @@ def build_dpo_trainer(args: argparse.Namespace, out: Path, *, callbacks: list):
     from lightalign.data import load_preference_splits
     from lightalign.data.tokenize import tokenize_preference_pairs
     from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
-    from lightalign.models.reference import load_policy, set_up_reference
+    from lightalign.models.roles import load_policy, set_up_reference
     from lightalign.trainers import TokenizedDPOTrainer
     from lightalign.training import TrainerSettings, build_trl_args
 

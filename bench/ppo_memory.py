@@ -134,7 +134,6 @@ class SeparateRoles:
 def run_variant(variant: str, model_name: str, sft: Path, reward: Path, rollouts: int, new_tokens: int) -> dict:
     """Load the roles as ``variant`` says, run one rollout and one PPO epoch, report memory and time."""
     import torch
-    from peft import prepare_model_for_kbit_training
 
     from lightalign.config.schema import PPOSettings
     from lightalign.data import load_prompt_examples
@@ -152,9 +151,7 @@ def run_variant(variant: str, model_name: str, sft: Path, reward: Path, rollouts
     started = time.perf_counter()
     if variant == "shared":
         compute = resolve_precision("auto").compute_dtype
-        base = prepare_model_for_kbit_training(load_base_model(model_name, Quantization(), compute_dtype=compute),
-                                               use_gradient_checkpointing=False)
-        roles = load_shared_base_roles(base, sft, reward)
+        roles = load_shared_base_roles(load_base_model(model_name, Quantization(), compute_dtype=compute), sft, reward)
     else:
         quantization = Quantization(load_in_4bit=variant == "separate-4bit")
         roles = SeparateRoles(model_name, sft, reward, quantization)

@@ -8,7 +8,7 @@ Supports: the preference formats of lightalign.data.preference (rankings expand 
 pair counts once: TRL's DPOTrainer has no per-pair weight); TRL's pairwise DPO losses (``dpo.loss_type``) and
 ``dpo.beta``; one 4-bit copy of the base for policy and reference: with ``dpo.sft_adapter`` the policy trains
 the SFT adapter further and the reference is a frozen copy of it (the SFT model), without it a fresh adapter
-against the base (lightalign.models.reference); resume from the last checkpoint in DIR.
+against the base (lightalign.models.roles); resume from the last checkpoint in DIR.
 
 Writes DIR/adapter/ (the policy adapter), DIR/metrics.json (implicit_reward_* on held-out pairs, gold_score; with
 ``dpo.reward_model`` rm_score; win_rate_{gold,rm} against the reference's answers to the same prompts, whose own
@@ -38,9 +38,9 @@ from lightalign.eval import (
 )
 from lightalign.eval.kl import ReferenceKL
 from lightalign.models import load_base_model, load_tokenizer, resolve_precision
-from lightalign.models.reference import POLICY_ADAPTER, load_policy, resolve_adapter_dir, set_up_reference
+from lightalign.models.roles import load_policy, save_policy, set_up_reference
 from lightalign.reward_model import RewardModel
-from lightalign.rundir import ADAPTER, LOG, stage_samples, write_manifest, write_metrics
+from lightalign.rundir import ADAPTER, LOG, resolve_adapter_dir, stage_samples, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
 from lightalign.trainers import TokenizedDPOTrainer
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
@@ -152,7 +152,7 @@ def main(cfg: DictConfig) -> None:
     })
 
     # ---- save ----------------------------------------------------------------------------------------------
-    model.save_pretrained(out / ADAPTER, selected_adapters=[POLICY_ADAPTER])  # not the frozen reference copy
+    save_policy(model, out / ADAPTER)
     tokenizer.save_pretrained(out / ADAPTER)
     write_metrics(out, metrics)
     artefacts = {"adapter": ADAPTER, "base_model": run.model.name_or_path, "reference": reference}

@@ -29,7 +29,6 @@ import time
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from peft import prepare_model_for_kbit_training
 from tqdm.auto import tqdm
 from transformers import TrainingArguments, get_scheduler, set_seed
 
@@ -40,8 +39,7 @@ from lightalign.errors import ConfigError, NonFiniteLossError, report_errors
 from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks, untouched_rng
 from lightalign.eval.kl import ReferenceKL
 from lightalign.models import load_base_model, load_tokenizer, resolve_precision
-from lightalign.models.adapters import build_lora_config, is_quantized
-from lightalign.models.reference import resolve_adapter_dir
+from lightalign.models.roles import save_policy
 from lightalign.ppo.checkpoint import load_ppo_checkpoint, restore_rng_state, save_ppo_checkpoint
 from lightalign.ppo.kl_control import AdaptiveKLController, FixedKLController
 from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage
@@ -53,6 +51,7 @@ from lightalign.rundir import (
     LOG,
     append_log,
     read_log,
+    resolve_adapter_dir,
     stage_samples,
     trim_log,
     write_manifest,
@@ -117,19 +116,13 @@ def main(cfg: DictConfig) -> None:
         trust_remote_code=run.model.trust_remote_code,
         attn_implementation=run.model.attn_implementation,
     )
-    checkpointing = {"use_reentrant": False}  # non-reentrant: frozen inputs need no requires_grad hack
-    if is_quantized(base):
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=trainer.gradient_checkpointing,
-                                               gradient_checkpointing_kwargs=checkpointing)
-    elif trainer.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     roles = load_shared_base_roles(
         base,
         sft_dir,
         reward_dir,
         value_init=None if ppo.value_init == "auto" else ppo.value_init,
-        policy_lora_config=build_lora_config(run.lora),
-        value_lora_config=build_lora_config(run.lora),
+        lora=run.lora,  # a fresh policy's and a fresh value adapter's shape
+        gradient_checkpointing=trainer.gradient_checkpointing,
     )
     trainable = sum(p.numel() for p in roles.trainable_parameters())
     print(f"policy: {'the SFT adapter ' + str(sft_dir) if sft_dir else 'a fresh adapter'}; reference: "
@@ -255,7 +248,7 @@ def main(cfg: DictConfig) -> None:
     metrics.update(prompt_report.as_metrics("train_prompts"))
 
     # ---- save ------------------------------------------------------------------------------------------------
-    roles.save_adapter("policy", out / ADAPTER)
+    save_policy(roles.model, out / ADAPTER)
     tokenizer.save_pretrained(out / ADAPTER)
     write_metrics(out, metrics)
     write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)

@@ -31,10 +31,9 @@ from lightalign.data import load_prompt_examples
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, SampleAnswers, run_eval_hooks
 from lightalign.eval.headroom import PassAtK
-from lightalign.models.reference import resolve_adapter_dir
 from lightalign.models.trained import ModelSource, load_model_source, resolve_model_source
 from lightalign.rankings import has_preference, human_rankings, ranked_pairs, sample_and_judge
-from lightalign.rundir import SAMPLES, write_jsonl_atomic, write_manifest, write_metrics
+from lightalign.rundir import SAMPLES, resolve_adapter_dir, write_jsonl_atomic, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
 
 register_configs()

@@ -34,8 +34,15 @@ from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
 from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.adapters import apply_lora_from
-from lightalign.models.reference import resolve_adapter_dir
-from lightalign.rundir import ADAPTER, LOG, read_json, write_json_atomic, write_manifest, write_metrics
+from lightalign.rundir import (
+    ADAPTER,
+    LOG,
+    read_json,
+    resolve_adapter_dir,
+    write_json_atomic,
+    write_manifest,
+    write_metrics,
+)
 from lightalign.stage import run_directory, save_config
 from lightalign.trainers import RankedRewardTrainer
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint

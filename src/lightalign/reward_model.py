@@ -26,9 +26,8 @@ from lightalign.errors import ConfigError
 from lightalign.models.loading import Quantization, load_base_model, load_tokenizer
 from lightalign.models.modes import eval_mode
 from lightalign.models.precision import resolve_precision
-from lightalign.models.reference import resolve_adapter_dir
 from lightalign.models.score_position import score_pad_token_id
-from lightalign.rundir import CONFIG
+from lightalign.rundir import CONFIG, resolve_adapter_dir
 
 Prompt = str | list[Message]
 

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightalign.errors import ConfigError
+
 ADAPTER = "adapter"
 METRICS = "metrics.json"
 SAMPLES = "samples.jsonl"
@@ -64,6 +66,27 @@ def read_manifest(output_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def resolve_adapter_dir(path: str | Path, *, expected_base: str | None = None) -> Path:
+    """The adapter folder named by ``path``: an ``adapter/`` folder itself, or a stage's run directory.
+
+    Raises:
+        ConfigError: if there is no adapter there, or the stage's manifest names another base model than
+            ``expected_base`` (an adapter only fits the base it was trained on).
+    """
+    path = Path(path).expanduser()
+    for candidate in (path, path / ADAPTER):
+        if (candidate / "adapter_config.json").is_file():
+            break
+    else:
+        raise ConfigError(f"{path} holds no PEFT adapter (no adapter_config.json in it or in {path / ADAPTER})")
+    manifest = read_manifest(candidate.parent) or {}
+    trained_on = manifest.get("artefacts", {}).get("base_model")
+    if expected_base and trained_on and trained_on != expected_base:
+        raise ConfigError(f"the adapter in {candidate} was trained on {trained_on!r}, not model.name_or_path="
+                          f"{expected_base!r}; pass the same model")
+    return candidate
 
 
 def read_json(path: Path) -> dict | None:

@@ -10,7 +10,7 @@ from lightalign.data import load_prompt_examples
 from lightalign.eval import EvalContext
 from lightalign.eval.kl import ReferenceKL
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
-from lightalign.models.reference import load_policy, set_up_reference
+from lightalign.models.roles import load_policy, set_up_reference
 
 
 def test_kl_to_sft_is_zero_where_training_starts_and_leaves_the_policy_as_found(tiny_model_dir, tiny_tokenizer,
@@ -24,7 +24,7 @@ def test_kl_to_sft_is_zero_where_training_starts_and_leaves_the_policy_as_found(
     sft.save_pretrained(tmp_path / "adapter")
     (tmp_path / "manifest.json").write_text(json.dumps({"stage": "sft", "artefacts": {"adapter": "adapter"}}))
     policy, kind = load_policy(load_base_model(str(tiny_model_dir), Quantization()), LoraSettings(),
-                               sft_adapter=tmp_path)
+                               sft_adapter=tmp_path / "adapter")
     set_up_reference(policy, kind)
     policy.train()
     trainable = {name for name, param in policy.named_parameters() if param.requires_grad}

@@ -21,7 +21,7 @@ from lightalign.eval import hooks as hooks_module
 from lightalign.eval.preference import completion_logprobs
 from lightalign.generation import generate_answers
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
-from lightalign.models.reference import load_policy, set_up_reference
+from lightalign.models.roles import load_policy, set_up_reference
 
 PROMPT = [{"role": "user", "content": "Q?"}]
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)

@@ -20,7 +20,7 @@ from lightalign.eval import (
 )
 from lightalign.eval.kl import ReferenceKL
 from lightalign.models import LoraSettings, Quantization, load_base_model
-from lightalign.models.reference import load_policy, set_up_reference
+from lightalign.models.roles import load_policy, set_up_reference
 
 from .test_preference import LengthScorer
 

@@ -14,7 +14,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lightalign.data.collators import pad_ranked_groups
 from lightalign.data.tokenize import encode_exchange
 from lightalign.models import LoraSettings, load_base_model, load_tokenizer
-from lightalign.models.adapters import build_lora_config
 from lightalign.models.score_position import score_pad_token_id, scored_positions
 from lightalign.models.tiny import build_tiny_tokenizer
 from lightalign.ppo.rewards import SharedBaseRewardModel
@@ -101,5 +100,5 @@ def test_training_reward_model_and_ppo_read_the_same_token(eos_last_model):
     # PPO: the reward role on the causal LM, whose config has no pad id.
     base = load_base_model(str(model_dir), None)
     assert base.config.pad_token_id is None
-    roles = load_shared_base_roles(base, None, reward_dir, policy_lora_config=build_lora_config(LoraSettings(r=4)))
+    roles = load_shared_base_roles(base, None, reward_dir, lora=LoraSettings(r=4))
     assert SharedBaseRewardModel(roles, tokenizer)(PROMPTS, ANSWERS) == pytest.approx(alone, abs=1e-5)

@@ -16,6 +16,7 @@ from transformers import BitsAndBytesConfig, LlamaForCausalLM, LlamaForSequenceC
 from lightalign.errors import ConfigError
 from lightalign.generation import logprobs_from_logits
 from lightalign.models.loading import keep_4bit_layers_differentiable
+from lightalign.models.roles import POLICY, REFERENCE, REWARD, VALUE, save_policy
 from lightalign.ppo.losses import policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles, load_score_head, load_shared_base_roles
 
@@ -37,7 +38,7 @@ def build_roles(dirs: dict[str, Path], quantized: bool = False, **kwargs) -> Sha
 
 
 def adapter_of(name: str) -> str | None:
-    """'...q_proj.lora_A.policy.weight' -> 'policy'; None for a base weight."""
+    """'...q_proj.lora_A.default.weight' -> 'default'; None for a base weight."""
     parts = name.split(".")
     for marker in ("lora_A", "lora_B"):
         if marker in parts:
@@ -92,7 +93,7 @@ def test_policy_and_reference_agree_at_init_and_only_policy_value_train(tiny_ppo
     input_ids, attention_mask, start = batch
     policy = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)
     ref = roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0)
-    torch.testing.assert_close(policy, ref)
+    assert torch.equal(policy, ref)  # the reference is an exact copy of the policy at the start
     assert policy.requires_grad and not ref.requires_grad
     # The adapters really differ from the base: disabling them changes the log-probs.
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
@@ -102,7 +103,7 @@ def test_policy_and_reference_agree_at_init_and_only_policy_value_train(tiny_ppo
     # Whatever role ran last, PEFT's set_adapter/disable_adapter must not have unfrozen ref/reward.
     roles.values(input_ids, attention_mask, start)
     roles.reward_scores(input_ids, attention_mask)
-    assert grad_flags(roles) == {None: {False}, "policy": {True}, "ref": {False}, "value": {True}, "reward": {False}}
+    assert grad_flags(roles) == {None: {False}, POLICY: {True}, REFERENCE: {False}, VALUE: {True}, REWARD: {False}}
     trainable = {id(p) for p in roles.trainable_parameters()}
     expected = {id(p) for n, p in roles.model.named_parameters() if p.requires_grad}
     assert trainable == expected | {id(p) for p in roles.value_head.parameters()}
@@ -119,14 +120,14 @@ def test_reference_base_means_adapters_disabled(tiny_ppo_dirs, batch):
     expected = logprobs_from_logits(logits[:, start - 1 : -1], input_ids[:, start:])
     torch.testing.assert_close(roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0), expected)
     # disable_adapter() re-enables adapters on exit by making the active one trainable: check the fix-up.
-    assert grad_flags(roles) == {None: {False}, "policy": {True}, "value": {True}, "reward": {False}}
+    assert grad_flags(roles) == {None: {False}, POLICY: {True}, VALUE: {True}, REWARD: {False}}
 
 
 def test_optimizer_step_changes_only_policy_and_value(tiny_ppo_dirs, batch):
     roles = build_roles(tiny_ppo_dirs)  # value initialised from the reward model: heads must not alias
     before = snapshot(roles)
     one_ppo_step(roles, batch)
-    assert changed_parts(before, roles) == {"policy", "value", "value_head"}
+    assert changed_parts(before, roles) == {POLICY, VALUE, "value_head"}
 
 
 def test_left_padding_does_not_change_any_role(tiny_ppo_dirs, batch):
@@ -147,7 +148,7 @@ def test_logprobs_match_generate_at_the_sampling_temperature(tiny_ppo_dirs):
     roles = build_roles(tiny_ppo_dirs)
     prompts = torch.tensor([[PAD_ID, PAD_ID, 5, 6, 7], [9, 10, 11, 12, 13]])
     prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    roles.model.set_adapter("policy")
+    roles.model.set_adapter(POLICY)
     out = roles.model.generate(
         input_ids=prompts,
         attention_mask=prompt_mask,
@@ -209,7 +210,7 @@ def test_value_from_reward_starts_as_a_copy_not_an_alias(tiny_ppo_dirs):
     assert roles.value_head.weight.data_ptr() != roles.reward_head.weight.data_ptr()
     params = dict(roles.model.named_parameters())
     name = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.{}.weight"
-    torch.testing.assert_close(params[name.format("value")], params[name.format("reward")])
+    torch.testing.assert_close(params[name.format(VALUE)], params[name.format(REWARD)])
 
 
 def test_a_reward_adapter_without_score_head_is_refused(tiny_ppo_dirs):
@@ -231,7 +232,7 @@ def test_checkpoint_round_trip_and_policy_handoff(tiny_ppo_dirs, batch, tmp_path
         torch.testing.assert_close(roles.values(input_ids, attention_mask, start), values)
 
     # The saved policy is a plain adapter folder that the next stage can load.
-    folder = roles.save_adapter("policy", tmp_path / "policy")
+    folder = save_policy(roles.model, tmp_path / "policy")
     assert (folder / "adapter_config.json").is_file()
     reloaded = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_ppo_dirs["base"]), folder)
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
@@ -254,14 +255,14 @@ def test_4bit_shared_base_one_copy_and_frozen_roles(tiny_ppo_dirs, batch):
     assert sum(isinstance(m, torch.nn.Embedding) for m in roles.model.modules()) == 1
 
     policy = roles.policy_logprobs(input_ids, attention_mask, start, temperature=1.0)
-    torch.testing.assert_close(policy, roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0))
+    assert torch.equal(policy, roles.ref_logprobs(input_ids, attention_mask, start, temperature=1.0))
     assert torch.isfinite(roles.values(input_ids, attention_mask, start)).all()
     assert torch.isfinite(roles.reward_scores(input_ids, attention_mask)).all()
 
     before = snapshot(roles)
     one_ppo_step(roles, batch)
-    assert changed_parts(before, roles) == {"policy", "value", "value_head"}
-    assert grad_flags(roles) == {None: {False}, "policy": {True}, "ref": {False}, "value": {True}, "reward": {False}}
+    assert changed_parts(before, roles) == {POLICY, VALUE, "value_head"}
+    assert grad_flags(roles) == {None: {False}, POLICY: {True}, REFERENCE: {False}, VALUE: {True}, REWARD: {False}}
 
 
 def policy_and_value_grads(dirs: dict[str, Path], checkpointing: bool, joint: bool) -> dict[str, torch.Tensor]:
@@ -289,7 +290,7 @@ def test_gradient_checkpointing_needs_one_backward_per_role(tiny_ppo_dirs):
     assert set(per_role) == set(exact)
     for name, grad in exact.items():
         torch.testing.assert_close(per_role[name], grad)
-    assert any(not torch.allclose(joint[name], grad) for name, grad in exact.items() if ".policy." in name)
+    assert any(not torch.allclose(joint[name], grad) for name, grad in exact.items() if f".{POLICY}." in name)
 
 
 def test_attention_dropout_is_off_in_training_mode(tiny_ppo_dirs, batch):
@@ -311,7 +312,7 @@ def test_attention_dropout_is_off_in_training_mode(tiny_ppo_dirs, batch):
 def test_reference_logprobs_use_the_temperature_they_are_given(tiny_ppo_dirs, batch):
     roles = build_roles(tiny_ppo_dirs)
     input_ids, attention_mask, start = batch
-    roles.model.set_adapter("ref")
+    roles.model.set_adapter(REFERENCE)
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
         raw = roles.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits

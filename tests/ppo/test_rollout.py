@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel, prepare_model_for_kbit_training
+from peft import PeftModel
 from torch import Tensor
 
 from lightalign.config.schema import PPOSettings
@@ -16,7 +16,7 @@ from lightalign.data.tokenize import encode_exchange, tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError
 from lightalign.generation import logprobs_from_logits, position_ids_from_mask
 from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
-from lightalign.models.adapters import build_lora_config
+from lightalign.models.roles import POLICY, REFERENCE, reference_kind
 from lightalign.ppo.advantages import gae_advantages, masked_mean, masked_var, masked_whiten
 from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage, score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
@@ -29,13 +29,11 @@ COMPUTE = resolve_precision("auto").compute_dtype  # bf16 is emulated (slow) on 
 
 def tiny_roles(stages: dict[str, Path] | None, *, compute: torch.dtype = COMPUTE) -> SharedBaseRoles:
     """Roles on the 4-bit tiny model; ``stages=None``: fresh policy, no reward model."""
-    base = load_base_model(TINY, Quantization(), compute_dtype=compute)
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     return load_shared_base_roles(
-        base,
+        load_base_model(TINY, Quantization(), compute_dtype=compute),
         stages["sft"] if stages else None,
         stages["reward"] / "adapter" if stages else None,
-        policy_lora_config=build_lora_config(LoraSettings(r=4, alpha=8)),
+        lora=LoraSettings(r=4, alpha=8),
     )
 
 
@@ -43,7 +41,7 @@ def move_policy_away(roles: SharedBaseRoles) -> None:
     """Negate the policy adapter's B matrices: policy = base - delta, reference = base + delta."""
     with torch.no_grad():
         for name, param in roles.model.named_parameters():
-            if ".lora_B.policy." in name:
+            if f".lora_B.{POLICY}." in name:
                 param.neg_()
 
 
@@ -143,7 +141,7 @@ def test_shared_base_reward_scores_like_the_reward_stage_model(tiny_random_stage
     expected = score_sequences(classifier, sequences)
     assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
     # Scoring leaves the policy active, even when it ran inside an evaluation of the bare base.
-    assert roles.model.active_adapter == "policy"
+    assert roles.model.active_adapter == POLICY
     with roles.model.disable_adapter():
         assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
         assert roles.model._adapters_disabled
@@ -153,7 +151,7 @@ def test_shared_base_reward_scores_like_the_reward_stage_model(tiny_random_stage
 
 def test_missing_eos_penalty_and_callable_reward(tiny_tokenizer, prompts):
     roles = tiny_roles(None)  # fresh policy, reference = base, no reward model
-    assert roles.ref_adapter is None and roles.reward_adapter is None
+    assert reference_kind(roles.model) == "base" and roles.reward_head is None
     with pytest.raises(ConfigError, match="reward callable"):
         roles.reward_scores(torch.tensor([[5, 6]]), torch.tensor([[1, 1]]))
     seen = {}
@@ -185,7 +183,7 @@ def test_rollout_of_a_policy_that_left_the_reference(tiny_random_stages, tiny_to
     settings = PPOSettings(batch_size=4, max_new_tokens=6, temperature=0.7, kl_estimator=estimator)
     torch.manual_seed(0)
     rollout = collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], letter_count, settings, kl_coef=0.5)
-    policy, reference = logprobs_under(roles, "policy", rollout, 0.7), logprobs_under(roles, "ref", rollout, 0.7)
+    policy, reference = logprobs_under(roles, POLICY, rollout, 0.7), logprobs_under(roles, REFERENCE, rollout, 0.7)
     assert (policy - reference).abs().max() > 1e-2  # far apart enough to tell a swap
     torch.testing.assert_close(rollout.logprobs, policy)
     torch.testing.assert_close(rollout.ref_logprobs, reference)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import prepare_model_for_kbit_training
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lightalign.ppo.rollout as rollout_module
@@ -16,7 +15,7 @@ from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError
 from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
-from lightalign.models.adapters import build_lora_config
+from lightalign.models.roles import POLICY, VALUE, parameters_by_adapter
 from lightalign.models.tiny import build_tiny_tokenizer
 from lightalign.ppo.losses import entropy_from_logits
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
@@ -36,11 +35,9 @@ def letter_fraction(texts: list[str], answers: list[str]) -> list[float]:
 def build_roles(model: str, stages: dict[str, Path] | None = None, checkpointing: bool = False,
                 compute: torch.dtype = COMPUTE) -> SharedBaseRoles:
     base = load_base_model(model, Quantization(), compute_dtype=compute)
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
     return load_shared_base_roles(base, stages["sft"] if stages else None,
                                   stages["reward"] / "adapter" if stages else None,
-                                  policy_lora_config=build_lora_config(LoraSettings(r=8, alpha=16, dropout=0.0)))
+                                  lora=LoraSettings(r=8, alpha=16, dropout=0.0), gradient_checkpointing=checkpointing)
 
 
 def make_rollout(roles: SharedBaseRoles, tokenizer, settings: PPOSettings, n: int = 4, seed: int = 0) -> Rollout:
@@ -158,7 +155,7 @@ def test_entropy_bonus_raises_the_entropy(expressive_tiny):
     rollout = make_rollout(roles, tokenizer, settings)
     rollout.advantages.zero_()  # no policy gradient: only the bonus moves the policy
     before = policy_entropy(roles, rollout)
-    optimizer = torch.optim.SGD(roles.trainable_parameters("policy"), lr=0.5)
+    optimizer = torch.optim.SGD(parameters_by_adapter(roles.model)[POLICY], lr=0.5)
     stats = ppo_update(roles, optimizer, rollout, settings, minibatch_size=4, micro_batch_size=4, max_grad_norm=None,
                        progress=False)
     assert stats["entropy"] == pytest.approx(before, rel=1e-5)  # logged: the entropy before the step
@@ -188,8 +185,8 @@ def expressive_tiny(tmp_path_factory) -> Path:
 def test_ppo_raises_a_programmatic_reward_and_trains_only_policy_and_value(expressive_tiny):
     tokenizer = load_tokenizer(str(expressive_tiny))
     roles = build_roles(str(expressive_tiny))
-    frozen_before = {name: p.detach().clone() for name, p in roles.model.named_parameters() if ".policy." not in name
-                     and ".value." not in name}
+    frozen_before = {name: p.detach().clone() for name, p in roles.model.named_parameters() if f".{POLICY}." not in name
+                     and f".{VALUE}." not in name}
     policy_before = {k: v for k, v in trainable_copy(roles).items() if k.startswith("policy/")}
     prompts, ids, _ = tokenize_prompts(tokenizer, load_prompt_examples("demo:sft", limit=32), max_length=200)
     settings = PPOSettings(batch_size=8, max_new_tokens=6, temperature=1.0, kl_coef=0.01, num_ppo_epochs=4)
@@ -211,4 +208,4 @@ def test_ppo_raises_a_programmatic_reward_and_trains_only_policy_and_value(expre
     assert all(torch.equal(after[name], value) for name, value in frozen_before.items())
     policy_after = {k: v for k, v in roles.trainable_state_dict().items() if k.startswith("policy/")}
     assert any(not torch.equal(policy_after[k], policy_before[k]) for k in policy_before)
-    assert copy.deepcopy(roles.model.active_adapter) == "policy"
+    assert copy.deepcopy(roles.model.active_adapter) == POLICY

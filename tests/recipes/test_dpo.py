@@ -17,7 +17,7 @@ from lightalign.cli import main as cli
 from lightalign.data import load_preference_splits
 from lightalign.data.tokenize import tokenize_preference_pairs
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model, resolve_precision
-from lightalign.models.reference import load_policy, reference_kind, set_up_reference
+from lightalign.models.roles import load_policy, reference_kind, set_up_reference
 from lightalign.trainers import TokenizedDPOTrainer
 from lightalign.training import TrainerSettings, build_trl_args
 
@@ -47,7 +47,7 @@ def test_step_zero_from_sft_is_ln2_and_only_the_policy_adapter_moves(sft_run, to
                                                                       tiny_tokenizer):
     pairs = load_preference_splits(str(toy_rankings), None, limit=8, eval_fraction=0.0).train
     rows, _ = tokenize_preference_pairs(tiny_tokenizer, pairs, max_length=256)
-    model, kind = load_policy(load_base_model(TINY, Quantization()), LoraSettings(), sft_adapter=sft_run)
+    model, kind = load_policy(load_base_model(TINY, Quantization()), LoraSettings(), sft_adapter=sft_run / "adapter")
     args = build_trl_args(DPOConfig, TrainerSettings(max_steps=3, learning_rate=1e-2, logging_steps=1,
                                                      per_device_train_batch_size=4),
                           tmp_path, resolve_precision("auto"), max_length=None, save_strategy="no")

@@ -1,7 +1,7 @@
 """How far a policy has moved from its reference (the SFT model): KL on answers it samples to held-out prompts.
 
 The one hook interface (``hook(ctx) -> dict[str, float]``); the reference is whatever
-:func:`lightalign.models.reference.use_reference` makes of ``ctx.model`` (the frozen ``"ref"`` adapter, or
+:func:`lightalign.models.roles.use_reference` makes of ``ctx.model`` (the frozen ``"ref"`` adapter, or
 the base with adapters disabled), so PPO and DPO report the same number.
 """
 
@@ -18,7 +18,7 @@ from lightalign.data.types import PromptOnly
 from lightalign.eval.hooks import EvalContext, eval_desc
 from lightalign.generation import sample_and_score, stop_token_ids
 from lightalign.models.modes import eval_mode
-from lightalign.models.reference import use_reference
+from lightalign.models.roles import use_reference
 from lightalign.progress import iter_batches
 
 

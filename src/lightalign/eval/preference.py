@@ -23,7 +23,7 @@ from lightalign.data.types import PreferencePair
 from lightalign.eval.hooks import EvalContext, SampleAnswers, eval_desc
 from lightalign.generation import logprobs_from_logits
 from lightalign.models.modes import eval_mode
-from lightalign.models.reference import use_reference
+from lightalign.models.roles import use_reference
 from lightalign.progress import iter_batches
 from lightalign.reward_model import score_sequences
 from lightalign.rundir import SAMPLES, read_log

@@ -11,9 +11,24 @@ from transformers import PreTrainedModel
 from lightalign.config.schema import LoraSettings
 from lightalign.errors import ModelNotFoundError
 
+# Non-reentrant checkpointing (transformers' own default): frozen inputs need no requires_grad hack, and PPO's
+# per-role backward passes recompute under the adapter that is active then.
+CHECKPOINTING = {"use_reentrant": False}
+
 
 def is_quantized(model: PreTrainedModel) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def prepare_for_training(model: PreTrainedModel, *, gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """Ready a base for adapter training: a 4-bit base through PEFT's ``prepare_model_for_kbit_training`` (frozen,
+    its norms and embeddings in fp32), gradient checkpointing on if asked. Every trainable adapter starts here."""
+    if is_quantized(model):
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs=CHECKPOINTING)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+    return model
 
 
 def build_lora_config(
@@ -47,10 +62,7 @@ def apply_lora(
     For a reward/value model pass ``task_type="SEQ_CLS", modules_to_save=["score"]``: the scalar head
     is then trained and saved with the adapter (peers that forget this save a useless reward model).
     """
-    if is_quantized(model):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model = prepare_for_training(model, gradient_checkpointing=gradient_checkpointing)
     config = build_lora_config(settings, task_type=task_type, modules_to_save=modules_to_save)
     peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     upcast_trainable(peft_model)
@@ -115,12 +127,13 @@ def upcast_trainable(model: PreTrainedModel) -> None:
 def load_adapter_model(
     model: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False, adapter_name: str = "default"
 ) -> PeftModel:
-    """Attach a saved PEFT adapter (e.g. the SFT stage's ``adapter/``) to a base model."""
+    """Attach a saved PEFT adapter (e.g. the SFT stage's ``adapter/``) to a base model.
+
+    To train it further, pass a base that went through :func:`prepare_for_training` and ``trainable=True``.
+    """
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
-    if trainable and is_quantized(model):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     peft_model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
     upcast_trainable(peft_model)
     return peft_model
