@@ -40,7 +40,7 @@ from lightalign.eval.kl import ReferenceKL
 from lightalign.models import load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.roles import load_policy, save_policy, set_up_reference
 from lightalign.reward_model import RewardModel
-from lightalign.rundir import ADAPTER, LOG, resolve_adapter_dir, stage_samples, write_manifest, write_metrics
+from lightalign.rundir import ADAPTER, LOG, StageRun, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
 from lightalign.trainers import TokenizedDPOTrainer
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
@@ -56,8 +56,7 @@ def main(cfg: DictConfig) -> None:
     config_hash = save_config(cfg, out)
     set_seed(run.trainer.seed)
     precision = resolve_precision(run.trainer.precision)
-    sft_adapter = resolve_adapter_dir(run.dpo.sft_adapter, expected_base=run.model.name_or_path) \
-        if run.dpo.sft_adapter else None
+    sft = StageRun.open(run.dpo.sft_adapter, expected_base=run.model.name_or_path) if run.dpo.sft_adapter else None
 
     # ---- setup: tokenizer, data, model -------------------------------------------------------------
     tokenizer = load_tokenizer(
@@ -87,9 +86,9 @@ def main(cfg: DictConfig) -> None:
         trust_remote_code=run.model.trust_remote_code,
         attn_implementation=run.model.attn_implementation,
     )
-    model, reference = load_policy(base, run.lora, sft_adapter=sft_adapter,
+    model, reference = load_policy(base, run.lora, sft_adapter=sft.adapter_dir if sft else None,
                                    gradient_checkpointing=run.trainer.gradient_checkpointing)
-    print(f"policy: {'the SFT adapter ' + str(sft_adapter) if sft_adapter else 'a fresh adapter'}; "
+    print(f"policy: {'the SFT adapter ' + str(sft.adapter_dir) if sft else 'a fresh adapter'}; "
           f"reference: {'the SFT model (frozen copy of its adapter)' if reference == 'sft' else 'the base model'}")
 
     scorers = {}
@@ -106,7 +105,7 @@ def main(cfg: DictConfig) -> None:
                                 batch_size=run.eval.batch_size)
         # the reference's answers to the same prompts (sft_* metrics) and the policy's win rate against them
         # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
-        reference_samples = stage_samples(sft_adapter) if sft_adapter else None
+        reference_samples = sft.samples if sft else None
         hooks.append(ReferenceWinRate(samples, reference_name=reference, reference_samples=reference_samples)
                      if run.eval.evaluate_base else samples)
         # how far the policy has moved from the reference: the same kl_to_sft as PPO reports

@@ -42,17 +42,16 @@ from lightalign.models import load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.roles import save_policy
 from lightalign.ppo.checkpoint import load_ppo_checkpoint, restore_rng_state, save_ppo_checkpoint
 from lightalign.ppo.kl_control import AdaptiveKLController, FixedKLController
-from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage
+from lightalign.ppo.rewards import SharedBaseRewardModel
 from lightalign.ppo.roles import load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, collect_rollout
 from lightalign.ppo.update import ppo_update
 from lightalign.rundir import (
     ADAPTER,
     LOG,
+    StageRun,
     append_log,
     read_log,
-    resolve_adapter_dir,
-    stage_samples,
     trim_log,
     write_manifest,
     write_metrics,
@@ -83,10 +82,11 @@ def main(cfg: DictConfig) -> None:
     if ppo.batch_size % minibatch:
         raise ConfigError(f"ppo.batch_size={ppo.batch_size} must be a multiple of trainer.per_device_train_batch_size"
                           f" * trainer.gradient_accumulation_steps = {minibatch}")
-    sft_dir = resolve_adapter_dir(ppo.sft_adapter, expected_base=run.model.name_or_path) if ppo.sft_adapter else None
-    reward_dir, reward_max_length = None, run.data.max_length
+    # the SFT and reward models run on this base as adapters: they must have been trained on it
+    sft = StageRun.open(ppo.sft_adapter, expected_base=run.model.name_or_path) if ppo.sft_adapter else None
+    reward_run = None
     if ppo.reward_model:
-        reward_dir, reward_max_length = resolve_reward_stage(ppo.reward_model, expected_base=run.model.name_or_path)
+        reward_run = StageRun.open(ppo.reward_model, expected_base=run.model.name_or_path, stage="reward")
 
     # ---- setup: tokenizer, prompts -----------------------------------------------------------------------
     tokenizer = load_tokenizer(
@@ -118,18 +118,20 @@ def main(cfg: DictConfig) -> None:
     )
     roles = load_shared_base_roles(
         base,
-        sft_dir,
-        reward_dir,
+        sft.adapter_dir if sft else None,
+        reward_run.adapter_dir if reward_run else None,
         value_init=None if ppo.value_init == "auto" else ppo.value_init,
         lora=run.lora,  # a fresh policy's and a fresh value adapter's shape
         gradient_checkpointing=trainer.gradient_checkpointing,
     )
     trainable = sum(p.numel() for p in roles.trainable_parameters())
-    print(f"policy: {'the SFT adapter ' + str(sft_dir) if sft_dir else 'a fresh adapter'}; reference: "
-          f"{'the frozen SFT adapter' if sft_dir else 'the base (adapters off)'}; reward: "
-          f"{reward_dir or reward_target}; trainable parameters (policy + value): {trainable:,}")
-    if reward_dir:
-        reward_fn = SharedBaseRewardModel(roles, tokenizer, max_length=reward_max_length,
+    print(f"policy: {'the SFT adapter ' + str(sft.adapter_dir) if sft else 'a fresh adapter'}; reference: "
+          f"{'the frozen SFT adapter' if sft else 'the base (adapters off)'}; reward: "
+          f"{reward_run.adapter_dir if reward_run else reward_target}; trainable parameters (policy + value): "
+          f"{trainable:,}")
+    if reward_run:
+        # answers are cut to what the reward model was trained on, as in its training
+        reward_fn = SharedBaseRewardModel(roles, tokenizer, max_length=reward_run.setting("data.max_length", 512),
                                           batch_size=run.eval.batch_size)
     else:
         reward_fn = hydra.utils.instantiate(run.reward)
@@ -137,15 +139,15 @@ def main(cfg: DictConfig) -> None:
     # ---- eval hooks: the policy's answers, scores and KL against the reference (the SFT model) ---------------
     judge = hydra.utils.instantiate(run.eval.judge) if run.eval.judge else None
     # "rm" for a reward model, the name the pipeline report reads; "reward" for any other callable
-    scorers = {**({"gold": judge} if judge else {}), ("rm" if reward_dir else "reward"): reward_fn}
+    scorers = {**({"gold": judge} if judge else {}), ("rm" if reward_run else "reward"): reward_fn}
     generation = {"max_new_tokens": run.eval.max_new_tokens, "batch_size": run.eval.batch_size}
-    reference_name = "sft" if sft_dir else "base"
+    reference_name = "sft" if sft else "base"
     hooks: list = []
     if eval_prompts:
         samples = SampleAnswers(eval_prompts, scorers, **generation)
         # with the reference's answers and scores too (what PPO started from) and the win rates against them
         # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
-        reference_samples = stage_samples(sft_dir) if sft_dir else None
+        reference_samples = sft.samples if sft else None
         hooks.append(ReferenceWinRate(samples, reference_name, reference_samples=reference_samples)
                      if run.eval.evaluate_base else samples)
         hooks.append(ReferenceKL(eval_prompts, reference_name=reference_name, temperature=ppo.temperature,

@@ -31,9 +31,9 @@ from lightalign.data import load_prompt_examples
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, SampleAnswers, run_eval_hooks
 from lightalign.eval.headroom import PassAtK
-from lightalign.models.trained import ModelSource, load_model_source, resolve_model_source
+from lightalign.models.trained import ModelSource, load_model_source
 from lightalign.rankings import has_preference, human_rankings, ranked_pairs, sample_and_judge
-from lightalign.rundir import SAMPLES, resolve_adapter_dir, write_jsonl_atomic, write_manifest, write_metrics
+from lightalign.rundir import SAMPLES, StageRun, write_jsonl_atomic, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
 
 register_configs()
@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> None:
     model = tokenizer = None
     if opts.human is None or held_out:
         if opts.sft_adapter:
-            source = resolve_model_source(resolve_adapter_dir(opts.sft_adapter, expected_base=run.model.name_or_path))
+            source = ModelSource.of_run(StageRun.open(opts.sft_adapter, expected_base=run.model.name_or_path))
         else:
             quant = run.quant if run.quant.load_in_4bit else None
             source = ModelSource(base=run.model.name_or_path, quantization=quant, revision=run.model.revision,

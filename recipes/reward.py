@@ -37,8 +37,8 @@ from lightalign.models.adapters import apply_lora_from
 from lightalign.rundir import (
     ADAPTER,
     LOG,
+    StageRun,
     read_json,
-    resolve_adapter_dir,
     write_json_atomic,
     write_manifest,
     write_metrics,
@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> None:
     config_hash = save_config(cfg, out)
     set_seed(run.trainer.seed)
     precision = resolve_precision(run.trainer.precision)
-    init_adapter = resolve_adapter_dir(run.reward.init_adapter, expected_base=run.model.name_or_path) \
+    init = StageRun.open(run.reward.init_adapter, expected_base=run.model.name_or_path) \
         if run.reward.init_adapter else None
 
     # ---- setup: tokenizer, data, model -------------------------------------------------------------
@@ -86,13 +86,13 @@ def main(cfg: DictConfig) -> None:
         attn_implementation=run.model.attn_implementation,
     )
     # The score head is new: train it and save it with the adapter, or the saved reward model is useless.
-    if init_adapter:  # InstructGPT: the reward model starts as the SFT model plus a new head
-        model = apply_lora_from(model, init_adapter, task_type="SEQ_CLS", modules_to_save=["score"],
+    if init:  # InstructGPT: the reward model starts as the SFT model plus a new head
+        model = apply_lora_from(model, init.adapter_dir, task_type="SEQ_CLS", modules_to_save=["score"],
                                 gradient_checkpointing=run.trainer.gradient_checkpointing)
     else:
         model = apply_lora(model, run.lora, task_type="SEQ_CLS", modules_to_save=["score"],
                            gradient_checkpointing=run.trainer.gradient_checkpointing)
-    print(f"reward model: {'the SFT adapter ' + str(init_adapter) if init_adapter else 'a fresh adapter'} "
+    print(f"reward model: {'the SFT adapter ' + str(init.adapter_dir) if init else 'a fresh adapter'} "
           "on the base, plus a new score head")
     model.print_trainable_parameters()
 

@@ -4,7 +4,7 @@ import pytest
 
 from lightalign.errors import ConfigError
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
-from lightalign.reward_model import RewardModel, read_reward_stage, score_sequences
+from lightalign.reward_model import RewardModel, score_sequences
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,8 @@ def test_long_exchanges_keep_their_end_and_are_counted(reward_model):
 
 def test_only_a_reward_stage_loads(reward_model, tmp_path):
     reward_model.model.save_pretrained(tmp_path / "adapter")
-    with pytest.raises(ConfigError, match="config.yaml is missing"):
-        read_reward_stage(tmp_path)
+    with pytest.raises(ConfigError, match="has no config.yaml beside its adapter"):
+        RewardModel.load(tmp_path)
     (tmp_path / "config.yaml").write_text("stage: sft\n")
-    with pytest.raises(ConfigError, match="is a 'sft' stage, not a reward stage"):
+    with pytest.raises(ConfigError, match="output of a 'sft' stage, not of a reward stage"):
         RewardModel.load(tmp_path / "adapter")
-    (tmp_path / "config.yaml").write_text("stage: reward\n")
-    assert read_reward_stage(tmp_path)[0] == tmp_path / "adapter"

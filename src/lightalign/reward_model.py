@@ -15,19 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightalign.data.collators import pad_sequences
 from lightalign.data.tokenize import encode_exchange, keep_last
 from lightalign.data.types import Message
-from lightalign.errors import ConfigError
-from lightalign.models.loading import Quantization, load_base_model, load_tokenizer
 from lightalign.models.modes import eval_mode
-from lightalign.models.precision import resolve_precision
 from lightalign.models.score_position import score_pad_token_id
-from lightalign.rundir import CONFIG, resolve_adapter_dir
+from lightalign.models.trained import ModelSource, load_model_source
+from lightalign.rundir import StageRun
 
 Prompt = str | list[Message]
 
@@ -55,23 +51,6 @@ def as_messages(prompt: Prompt) -> list[Message]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
-def read_reward_stage(path: str | Path, *, expected_base: str | None = None) -> tuple[Path, DictConfig]:
-    """The adapter folder (LoRA + score head) and the training config of a reward stage's output.
-
-    Raises:
-        ConfigError: ``path`` holds no adapter, no ``config.yaml``, or is another stage's output; or its
-            manifest names another base model than ``expected_base``.
-    """
-    adapter_dir = resolve_adapter_dir(path, expected_base=expected_base)
-    config_path = adapter_dir.parent / CONFIG
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path} is missing: pass the run directory of a reward stage")
-    cfg = OmegaConf.load(config_path)
-    if cfg.get("stage") != "reward":
-        raise ConfigError(f"{adapter_dir.parent} is a {cfg.get('stage')!r} stage, not a reward stage")
-    return adapter_dir, cfg
-
-
 class RewardModel:
     """A reward model (base + LoRA adapter + score head) that scores answers to prompts.
 
@@ -89,18 +68,14 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, *, batch_size: int = 8) -> RewardModel:
-        """Load a reward stage's output: its run directory, or the ``adapter/`` folder inside one."""
-        adapter_dir, cfg = read_reward_stage(path)
-        precision = resolve_precision(cfg.trainer.precision)
-        quant = Quantization(**OmegaConf.to_container(cfg.quant))
-        name = cfg.model.name_or_path
-        tokenizer = load_tokenizer(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
-        base = load_base_model(name, quant, compute_dtype=precision.compute_dtype, head="score",
-                               revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
-                               attn_implementation=cfg.model.attn_implementation)
-        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
-        model.eval()
-        return cls(model, tokenizer, max_length=cfg.data.max_length, batch_size=batch_size)
+        """Load a reward stage's output: its run directory, or the ``adapter/`` folder inside one.
+
+        Raises:
+            ConfigError: ``path`` is not a reward stage's output (:meth:`~lightalign.rundir.StageRun.open`).
+        """
+        run = StageRun.open(path, stage="reward")
+        model, tokenizer = load_model_source(ModelSource.of_run(run))
+        return cls(model, tokenizer, max_length=run.setting("data.max_length"), batch_size=batch_size)
 
     def encode(self, prompt: Prompt, response: str) -> list[int]:
         """Token ids of one scored exchange, exactly as in training (chat template, last tokens kept)."""

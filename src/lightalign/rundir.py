@@ -9,6 +9,8 @@
     DIR/logs/metrics.jsonl every logged training metric
     DIR/checkpoints/      resumable checkpoints
     DIR/manifest.json     what the stage produced, for the next stage; written last (= stage complete)
+
+A later stage reads an earlier one's output through :class:`StageRun`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightalign.errors import ConfigError
 
@@ -27,6 +32,7 @@ METRICS = "metrics.json"
 SAMPLES = "samples.jsonl"
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: what makes a folder an adapter
 LOG = Path("logs") / "metrics.jsonl"
 
 
@@ -68,27 +74,6 @@ def read_manifest(output_dir: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def resolve_adapter_dir(path: str | Path, *, expected_base: str | None = None) -> Path:
-    """The adapter folder named by ``path``: an ``adapter/`` folder itself, or a stage's run directory.
-
-    Raises:
-        ConfigError: if there is no adapter there, or the stage's manifest names another base model than
-            ``expected_base`` (an adapter only fits the base it was trained on).
-    """
-    path = Path(path).expanduser()
-    for candidate in (path, path / ADAPTER):
-        if (candidate / "adapter_config.json").is_file():
-            break
-    else:
-        raise ConfigError(f"{path} holds no PEFT adapter (no adapter_config.json in it or in {path / ADAPTER})")
-    manifest = read_manifest(candidate.parent) or {}
-    trained_on = manifest.get("artefacts", {}).get("base_model")
-    if expected_base and trained_on and trained_on != expected_base:
-        raise ConfigError(f"the adapter in {candidate} was trained on {trained_on!r}, not model.name_or_path="
-                          f"{expected_base!r}; pass the same model")
-    return candidate
-
-
 def read_json(path: Path) -> dict | None:
     """The JSON object in ``path``, or ``None`` if the file does not exist."""
     if not path.is_file():
@@ -96,13 +81,88 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def stage_samples(adapter_dir: Path) -> Path | None:
-    """The ``samples.jsonl`` of the finished stage whose ``adapter/`` is ``adapter_dir``: that adapter's own
-    final answers. ``None`` for an adapter folder outside a finished run directory."""
-    run_dir = adapter_dir.parent
-    if adapter_dir.name != ADAPTER or read_manifest(run_dir) is None or not (run_dir / SAMPLES).is_file():
-        return None
-    return run_dir / SAMPLES
+@dataclass(frozen=True)
+class StageRun:
+    """A stage's output, opened once: its adapter folder and, around it, its run directory's config and manifest.
+
+    The one way a stage finds another stage's model (DPO, PPO, the reward stage and rankings their SFT adapter,
+    PPO its reward model, ``chat``/``export`` theirs). ``StageRun.open`` accepts a run directory, its ``adapter/``
+    folder, or a bare PEFT adapter folder (then there is no config or manifest), and checks it once.
+
+    Example::
+
+        sft = StageRun.open("outputs/sft/run", expected_base="lightalign:smollm2-135m-instruct")
+        sft.adapter_dir          # outputs/sft/run/adapter
+        sft.setting("data.max_length", 512)
+    """
+
+    adapter_dir: Path
+    run_dir: Path | None  # None: a bare adapter folder, outside a run directory
+    config: DictConfig | None  # the stage's config.yaml
+    manifest: dict | None  # its manifest.json: None until the stage has finished
+    adapter_config: dict  # PEFT's adapter_config.json
+
+    @classmethod
+    def open(cls, path: str | Path, *, expected_base: str | None = None, stage: str | None = None) -> StageRun:
+        """Open the stage output at ``path`` (a run directory, its ``adapter/``, or a bare adapter folder).
+
+        Args:
+            expected_base: the base model the adapter will run on (``model.name_or_path``): an adapter only fits
+                the base it was trained on. Checked against what the run directory records; a bare adapter
+                records only a resolved local path, so it is not checked.
+            stage: the stage that must have written it (``"reward"``): needs the run directory's ``config.yaml``.
+
+        Raises:
+            ConfigError: one line: no adapter there, another base model, or not a run of ``stage``.
+        """
+        path = Path(path).expanduser()
+        adapter_dir = next((p for p in (path, path / ADAPTER) if (p / ADAPTER_CONFIG).is_file()), None)
+        if adapter_dir is None:
+            raise ConfigError(f"{path} holds no PEFT adapter (no {ADAPTER_CONFIG} in it or in {path / ADAPTER}): "
+                              f"pass a stage's run directory or its {ADAPTER}/ folder")
+        parent = adapter_dir.parent
+        inside_run = adapter_dir.name == ADAPTER and ((parent / CONFIG).is_file() or (parent / MANIFEST).is_file())
+        run_dir = parent if inside_run else None
+        run = cls(
+            adapter_dir=adapter_dir,
+            run_dir=run_dir,
+            config=OmegaConf.load(run_dir / CONFIG) if run_dir and (run_dir / CONFIG).is_file() else None,
+            manifest=read_manifest(run_dir) if run_dir else None,
+            adapter_config=json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")),
+        )
+        trained_on = run.base_model
+        if expected_base and trained_on and trained_on != expected_base:
+            raise ConfigError(f"the adapter in {adapter_dir} was trained on {trained_on!r}, not model.name_or_path="
+                              f"{expected_base!r}; pass the same model")
+        if stage is not None and run.config is None:
+            raise ConfigError(f"{path} has no {CONFIG} beside its adapter: pass the run directory of a {stage} stage")
+        if stage is not None and run.stage != stage:
+            raise ConfigError(f"{run.run_dir} is the output of a {run.stage!r} stage, not of a {stage} stage")
+        return run
+
+    @property
+    def stage(self) -> str | None:
+        """The stage that wrote it (``"sft"``, ``"reward"`` ...), if its run directory says."""
+        return (self.config or {}).get("stage") or (self.manifest or {}).get("stage")
+
+    @property
+    def base_model(self) -> str | None:
+        """The ``model.name_or_path`` it was trained on, as its run directory records it; None for a bare adapter."""
+        recorded = (self.manifest or {}).get("artefacts", {}).get("base_model")
+        return recorded or (OmegaConf.select(self.config, "model.name_or_path") if self.config else None)
+
+    @property
+    def samples(self) -> Path | None:
+        """The finished stage's ``samples.jsonl``: its adapter's own final answers (None if there is none)."""
+        if self.run_dir is None or self.manifest is None or not (self.run_dir / SAMPLES).is_file():
+            return None
+        return self.run_dir / SAMPLES
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """A value of the stage's config by dotted key (``"data.max_length"``; a group as a plain dict), or
+        ``default``."""
+        value = OmegaConf.select(self.config, key, default=default) if self.config is not None else default
+        return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def append_log(path: Path, stage: str, step: int, metrics: Mapping[str, Any]) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from lightalign.errors import ModelNotFoundError
+from lightalign.errors import ConfigError
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
 from lightalign.models.adapters import apply_lora_from
 
@@ -41,7 +41,12 @@ def test_reward_adapter_starts_from_the_sft_adapters_weights(tmp_path):
     assert any("score" in n and p.requires_grad for n, p in reward.named_parameters())  # the new head trains
 
 
-def test_reward_adapter_from_a_folder_without_an_adapter_is_an_error(tmp_path):
+def test_an_adapter_whose_weights_fit_no_module_is_a_config_error(tmp_path):
+    sft = _saved_sft_adapter(tmp_path)
+    weights = load_file(sft / "adapter_model.safetensors")
+    key = next(iter(weights))
+    weights[key.replace("layers.0.", "layers.99.")] = weights[key].clone()  # a layer this base does not have
+    save_file(weights, sft / "adapter_model.safetensors")
     scorer = load_base_model(TINY, Quantization(), compute_dtype=torch.float32, head="score")
-    with pytest.raises(ModelNotFoundError, match="not a PEFT adapter folder"):
-        apply_lora_from(scorer, tmp_path, task_type="SEQ_CLS", modules_to_save=["score"])
+    with pytest.raises(ConfigError, match="1 of its weights fit no module of the model"):
+        apply_lora_from(scorer, sft, task_type="SEQ_CLS", modules_to_save=["score"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lightalign.errors import ModelNotFoundError
+from lightalign.errors import ConfigError
 from lightalign.models.trained import resolve_model_source
 
 RUN_CONFIG = """stage: dpo
@@ -47,5 +47,5 @@ def test_a_bare_adapter_uses_the_base_peft_recorded(tmp_path):
 
 def test_model_names_pass_through_and_empty_folders_fail(tmp_path):
     assert resolve_model_source("lightalign:tiny-random").adapter is None
-    with pytest.raises(ModelNotFoundError, match="holds no model"):
+    with pytest.raises(ConfigError, match="holds no PEFT adapter"):
         resolve_model_source(tmp_path)

@@ -16,12 +16,13 @@ from lightalign.data.tokenize import encode_exchange, tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError
 from lightalign.generation import logprobs_from_logits, position_ids_from_mask
 from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
-from lightalign.models.roles import POLICY, REFERENCE, reference_kind
+from lightalign.models.roles import POLICY, REFERENCE, adapters_disabled, reference_kind
 from lightalign.ppo.advantages import gae_advantages, masked_mean, masked_var, masked_whiten
-from lightalign.ppo.rewards import SharedBaseRewardModel, resolve_reward_stage, score_answers
+from lightalign.ppo.rewards import SharedBaseRewardModel, score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout, decode_answers
 from lightalign.reward_model import score_sequences
+from lightalign.rundir import StageRun
 
 TINY = "lightalign:tiny-random"
 COMPUTE = resolve_precision("auto").compute_dtype  # bf16 is emulated (slow) on CPUs without AVX-512
@@ -131,12 +132,13 @@ def test_rollout_starts_with_policy_equal_to_reference(tiny_random_stages, tiny_
 def test_shared_base_reward_scores_like_the_reward_stage_model(tiny_random_stages, tiny_tokenizer, prompts):
     """Scores read through the ``reward`` role equal the reward stage's own sequence-classification model."""
     roles = tiny_roles(tiny_random_stages)
-    adapter_dir, max_length = resolve_reward_stage(tiny_random_stages["reward"], expected_base=TINY)
-    reward = SharedBaseRewardModel(roles, tiny_tokenizer, max_length=max_length, batch_size=3)
+    reward_run = StageRun.open(tiny_random_stages["reward"], expected_base=TINY, stage="reward")
+    reward = SharedBaseRewardModel(roles, tiny_tokenizer, max_length=reward_run.setting("data.max_length"),
+                                   batch_size=3)
     texts = [prompt_text(p.prompt) for p in prompts[0]]
     answers = ["Paris.", "", "The answer is 12", "ok"]
     classifier = load_base_model(TINY, Quantization(), head="score", compute_dtype=COMPUTE)
-    classifier = PeftModel.from_pretrained(classifier, adapter_dir)
+    classifier = PeftModel.from_pretrained(classifier, reward_run.adapter_dir)
     sequences = [encode_exchange(tiny_tokenizer, p.prompt, a) for p, a in zip(prompts[0], answers, strict=True)]
     expected = score_sequences(classifier, sequences)
     assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
@@ -144,9 +146,7 @@ def test_shared_base_reward_scores_like_the_reward_stage_model(tiny_random_stage
     assert roles.model.active_adapter == POLICY
     with roles.model.disable_adapter():
         assert reward(texts, answers) == pytest.approx(expected, abs=1e-4)
-        assert roles.model._adapters_disabled
-    with pytest.raises(ConfigError, match="stage"):
-        resolve_reward_stage(tiny_random_stages["sft"], expected_base=TINY)  # an adapter, not a reward run
+        assert adapters_disabled(roles.model)
 
 
 def test_missing_eos_penalty_and_callable_reward(tiny_tokenizer, prompts):

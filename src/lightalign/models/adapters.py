@@ -9,7 +9,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_
 from transformers import PreTrainedModel
 
 from lightalign.config.schema import LoraSettings
-from lightalign.errors import ModelNotFoundError
+from lightalign.errors import ConfigError
 
 # Non-reentrant checkpointing (transformers' own default): frozen inputs need no requires_grad hack, and PPO's
 # per-role backward passes recompute under the adapter that is active then.
@@ -84,15 +84,14 @@ def apply_lora_from(
     LoRA weights, so it starts as the SFT model plus an untrained head. The two models share their body's
     module names, so every saved LoRA weight has a place; one that does not is an error, not a silent skip.
 
+    ``adapter_dir`` is a stage's adapter folder (:attr:`lightalign.rundir.StageRun.adapter_dir`).
+
     Raises:
-        ModelNotFoundError: if ``adapter_dir`` holds no PEFT adapter, or its weights do not fit ``model``.
+        ConfigError: if the saved weights do not fit ``model``.
     """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
     saved = LoraConfig.from_pretrained(str(adapter_dir))
     targets = saved.target_modules
     settings = LoraSettings(
@@ -105,7 +104,7 @@ def apply_lora_from(
     state = get_peft_model_state_dict(peft_model)  # also holds the new head (modules_to_save): kept as it is
     unexpected = sorted(set(weights) - set(state))
     if unexpected:
-        raise ModelNotFoundError(f"{adapter_dir}: {len(unexpected)} of its weights fit no module of the model "
+        raise ConfigError(f"{adapter_dir}: {len(unexpected)} of its weights fit no module of the model "
                                  f"(e.g. {unexpected[0]}); was it trained on another base?")
     set_peft_model_state_dict(peft_model, {**state, **weights})
     upcast_trainable(peft_model)
@@ -127,13 +126,10 @@ def upcast_trainable(model: PreTrainedModel) -> None:
 def load_adapter_model(
     model: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False, adapter_name: str = "default"
 ) -> PeftModel:
-    """Attach a saved PEFT adapter (e.g. the SFT stage's ``adapter/``) to a base model.
+    """Attach a saved PEFT adapter (a stage's: :attr:`lightalign.rundir.StageRun.adapter_dir`) to a base model.
 
     To train it further, pass a base that went through :func:`prepare_for_training` and ``trainable=True``.
     """
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
     peft_model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
     upcast_trainable(peft_model)
     return peft_model

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -28,24 +26,9 @@ from lightalign.data.tokenize import encode_exchange, keep_last
 from lightalign.data.types import Message, PromptOnly
 from lightalign.errors import ConfigError, NonFiniteLossError
 from lightalign.ppo.roles import SharedBaseRoles
-from lightalign.reward_model import as_messages, read_reward_stage
+from lightalign.reward_model import as_messages
 
 RewardFn = Callable[[list[Any], list[str]], list[float]]
-
-
-def resolve_reward_stage(path: str | Path, *, expected_base: str) -> tuple[Path, int]:
-    """The adapter folder of a reward stage's run and the ``data.max_length`` it was trained with.
-
-    Raises:
-        ConfigError: ``path`` is not a reward stage's output, or it was trained on another base model (its
-            adapter would run on this base).
-    """
-    adapter_dir, cfg = read_reward_stage(path, expected_base=expected_base)  # checks the manifest's base
-    trained_on = OmegaConf.select(cfg, "model.name_or_path")
-    if trained_on != expected_base:
-        raise ConfigError(f"the reward model in {path} was trained on {trained_on!r}, not model.name_or_path="
-                          f"{expected_base!r}; it can only share that base")
-    return adapter_dir, int(OmegaConf.select(cfg, "data.max_length", default=512))
 
 
 class SharedBaseRewardModel:
