@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import hydra
 from datasets import Dataset
-from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
+from omegaconf import DictConfig
 from trl import DPOConfig
 
 from lightalign.config import register_configs
@@ -37,11 +36,12 @@ from lightalign.eval import (
     run_eval_hooks,
 )
 from lightalign.eval.kl import ReferenceKL
-from lightalign.models import load_base_model, load_tokenizer, resolve_precision
+from lightalign.models import resolve_precision
 from lightalign.models.roles import load_policy, save_policy, set_up_reference
+from lightalign.models.trained import ModelSource
 from lightalign.reward_model import RewardModel
-from lightalign.rundir import ADAPTER, LOG, StageRun, write_manifest, write_metrics
-from lightalign.stage import run_directory, save_config
+from lightalign.rundir import ADAPTER, LOG, StageRun
+from lightalign.stage import finish_stage, start_stage
 from lightalign.trainers import TokenizedDPOTrainer
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
 
@@ -51,17 +51,13 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="dpo")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
-    out = run_directory()
-    config_hash = save_config(cfg, out)
-    set_seed(run.trainer.seed)
+    run, out, config_hash = start_stage(cfg)  # typed config, run directory, config.yaml, seed
     precision = resolve_precision(run.trainer.precision)
+    source = ModelSource.of_settings(run.model, run.quant, run.trainer.precision)  # the base model
     sft = StageRun.open(run.dpo.sft_adapter, expected_base=run.model.name_or_path) if run.dpo.sft_adapter else None
 
     # ---- setup: tokenizer, data, model -------------------------------------------------------------
-    tokenizer = load_tokenizer(
-        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
-    )
+    tokenizer = source.load_tokenizer()
     data = load_preference_splits(
         run.data.train, run.data.eval, fmt=run.data.format, split=run.data.split, limit=run.data.limit,
         eval_limit=run.data.eval_limit, eval_fraction=run.data.eval_fraction, invalid=run.data.invalid,
@@ -78,14 +74,7 @@ def main(cfg: DictConfig) -> None:
     if run.data.prompts and run.eval.num_prompts > 0:
         prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
 
-    base = load_base_model(
-        run.model.name_or_path,
-        run.quant,
-        compute_dtype=precision.compute_dtype,
-        revision=run.model.revision,
-        trust_remote_code=run.model.trust_remote_code,
-        attn_implementation=run.model.attn_implementation,
-    )
+    base = source.load_base()
     model, reference = load_policy(base, run.lora, sft_adapter=sft.adapter_dir if sft else None,
                                    gradient_checkpointing=run.trainer.gradient_checkpointing)
     print(f"policy: {'the SFT adapter ' + str(sft.adapter_dir) if sft else 'a fresh adapter'}; "
@@ -153,11 +142,8 @@ def main(cfg: DictConfig) -> None:
     # ---- save ----------------------------------------------------------------------------------------------
     save_policy(model, out / ADAPTER)
     tokenizer.save_pretrained(out / ADAPTER)
-    write_metrics(out, metrics)
     artefacts = {"adapter": ADAPTER, "base_model": run.model.name_or_path, "reference": reference}
-    write_manifest(out, run.stage, artefacts, config_hash)
-    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
-    print(f"lightalign: {run.stage} finished: {out}")
+    finish_stage(out, run.stage, metrics, artefacts=artefacts, config_hash=config_hash)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ import time
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
-from transformers import TrainingArguments, get_scheduler, set_seed
+from transformers import TrainingArguments, get_scheduler
 
 from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
@@ -38,8 +38,9 @@ from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError, report_errors
 from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks, untouched_rng
 from lightalign.eval.kl import ReferenceKL
-from lightalign.models import load_base_model, load_tokenizer, resolve_precision
+from lightalign.models import resolve_precision
 from lightalign.models.roles import save_policy
+from lightalign.models.trained import ModelSource
 from lightalign.ppo.checkpoint import load_ppo_checkpoint, restore_rng_state, save_ppo_checkpoint
 from lightalign.ppo.kl_control import AdaptiveKLController, FixedKLController
 from lightalign.ppo.rewards import SharedBaseRewardModel
@@ -53,10 +54,8 @@ from lightalign.rundir import (
     append_log,
     read_log,
     trim_log,
-    write_manifest,
-    write_metrics,
 )
-from lightalign.stage import run_directory, save_config
+from lightalign.stage import finish_stage, start_stage
 from lightalign.trackers import TrackerLog, trl_report_to
 from lightalign.training import build_trl_args, find_resume_checkpoint
 
@@ -66,11 +65,9 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="ppo")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
-    out = run_directory()
-    config_hash = save_config(cfg, out)
-    set_seed(run.trainer.seed)
+    run, out, config_hash = start_stage(cfg)  # typed config, run directory, config.yaml, seed
     precision = resolve_precision(run.trainer.precision)
+    source = ModelSource.of_settings(run.model, run.quant, run.trainer.precision)  # the base model
     ppo, trainer = run.ppo, run.trainer
 
     # ---- setup: which reward, which adapters ---------------------------------------------------------
@@ -89,9 +86,7 @@ def main(cfg: DictConfig) -> None:
         reward_run = StageRun.open(ppo.reward_model, expected_base=run.model.name_or_path, stage="reward")
 
     # ---- setup: tokenizer, prompts -----------------------------------------------------------------------
-    tokenizer = load_tokenizer(
-        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
-    )
+    tokenizer = source.load_tokenizer()
     prompt_budget = run.data.max_length - ppo.max_new_tokens
     if prompt_budget < 1:
         raise ConfigError(f"data.max_length={run.data.max_length} leaves no room for prompts of answers of "
@@ -108,14 +103,7 @@ def main(cfg: DictConfig) -> None:
         eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
 
     # ---- setup: one base, four roles --------------------------------------------------------------------
-    base = load_base_model(
-        run.model.name_or_path,
-        run.quant,
-        compute_dtype=precision.compute_dtype,
-        revision=run.model.revision,
-        trust_remote_code=run.model.trust_remote_code,
-        attn_implementation=run.model.attn_implementation,
-    )
+    base = source.load_base()
     roles = load_shared_base_roles(
         base,
         sft.adapter_dir if sft else None,
@@ -252,10 +240,8 @@ def main(cfg: DictConfig) -> None:
     # ---- save ------------------------------------------------------------------------------------------------
     save_policy(roles.model, out / ADAPTER)
     tokenizer.save_pretrained(out / ADAPTER)
-    write_metrics(out, metrics)
-    write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)
-    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
-    print(f"lightalign: {run.stage} finished: {out}")
+    finish_stage(out, run.stage, metrics, artefacts={"adapter": ADAPTER, "base_model": run.model.name_or_path},
+                 config_hash=config_hash)
 
 
 if __name__ == "__main__":

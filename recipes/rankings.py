@@ -23,8 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
+from omegaconf import DictConfig
 
 from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
@@ -33,8 +32,8 @@ from lightalign.eval import EvalContext, SampleAnswers, run_eval_hooks
 from lightalign.eval.headroom import PassAtK
 from lightalign.models.trained import ModelSource, load_model_source
 from lightalign.rankings import has_preference, human_rankings, ranked_pairs, sample_and_judge
-from lightalign.rundir import SAMPLES, StageRun, write_jsonl_atomic, write_manifest, write_metrics
-from lightalign.stage import run_directory, save_config
+from lightalign.rundir import SAMPLES, StageRun, write_jsonl_atomic
+from lightalign.stage import finish_stage, start_stage
 
 register_configs()
 
@@ -42,10 +41,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="rankings")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
-    out = run_directory()
-    config_hash = save_config(cfg, out)
-    set_seed(run.trainer.seed)
+    run, out, config_hash = start_stage(cfg)  # typed config, run directory, config.yaml, seed
     opts = run.rankings
     # a judge, or a person's rankings (rankings.human): the schema has checked there is one
     judge = hydra.utils.instantiate(run.judge) if run.judge and run.judge.get("_target_") else None
@@ -60,9 +56,7 @@ def main(cfg: DictConfig) -> None:
         if opts.sft_adapter:
             source = ModelSource.of_run(StageRun.open(opts.sft_adapter, expected_base=run.model.name_or_path))
         else:
-            quant = run.quant if run.quant.load_in_4bit else None
-            source = ModelSource(base=run.model.name_or_path, quantization=quant, revision=run.model.revision,
-                                 trust_remote_code=run.model.trust_remote_code, precision=run.trainer.precision)
+            source = ModelSource.of_settings(run.model, run.quant, run.trainer.precision)
         print(f"rankings: answers from {source.describe()}")
         model, tokenizer = load_model_source(source)
 
@@ -103,13 +97,10 @@ def main(cfg: DictConfig) -> None:
     # ---- save ------------------------------------------------------------------------------------------------
     write_jsonl_atomic(out / "rankings.jsonl", ranked)
     write_jsonl_atomic(out / "pairs.jsonl", pairs)
-    write_metrics(out, metrics)
     artefacts = {"rankings": "rankings.jsonl", "pairs": "pairs.jsonl", "base_model": run.model.name_or_path}
     if held_out:
         artefacts["samples"] = SAMPLES
-    write_manifest(out, run.stage, artefacts, config_hash)
-    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
-    print(f"lightalign: {run.stage} finished: {out}")
+    finish_stage(out, run.stage, metrics, artefacts=artefacts, config_hash=config_hash)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import hydra
 from datasets import Dataset
-from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
+from omegaconf import DictConfig
 from trl import RewardConfig
 
 from lightalign.config import register_configs
@@ -32,18 +31,17 @@ from lightalign.data.tokenize import tokenize_reward_groups
 from lightalign.distributed import is_main_process
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
-from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision
+from lightalign.models import apply_lora, resolve_precision
 from lightalign.models.adapters import apply_lora_from
+from lightalign.models.trained import ModelSource
 from lightalign.rundir import (
     ADAPTER,
     LOG,
     StageRun,
     read_json,
     write_json_atomic,
-    write_manifest,
-    write_metrics,
 )
-from lightalign.stage import run_directory, save_config
+from lightalign.stage import finish_stage, start_stage
 from lightalign.trainers import RankedRewardTrainer
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
 
@@ -53,18 +51,14 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reward")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
-    out = run_directory()
-    config_hash = save_config(cfg, out)
-    set_seed(run.trainer.seed)
+    run, out, config_hash = start_stage(cfg)  # typed config, run directory, config.yaml, seed
     precision = resolve_precision(run.trainer.precision)
+    source = ModelSource.of_settings(run.model, run.quant, run.trainer.precision, head="score")  # the base model
     init = StageRun.open(run.reward.init_adapter, expected_base=run.model.name_or_path) \
         if run.reward.init_adapter else None
 
     # ---- setup: tokenizer, data, model -------------------------------------------------------------
-    tokenizer = load_tokenizer(
-        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
-    )
+    tokenizer = source.load_tokenizer()
     data = load_preference_splits(
         run.data.train, run.data.eval, fmt=run.data.format, split=run.data.split, limit=run.data.limit,
         eval_limit=run.data.eval_limit, eval_fraction=run.data.eval_fraction, invalid=run.data.invalid,
@@ -76,15 +70,7 @@ def main(cfg: DictConfig) -> None:
     )
     print(f"train groups: {train_report.kept} kept, {train_report.truncated} truncated, {train_report.skipped} skipped")
 
-    model = load_base_model(
-        run.model.name_or_path,
-        run.quant,
-        compute_dtype=precision.compute_dtype,
-        head="score",
-        revision=run.model.revision,
-        trust_remote_code=run.model.trust_remote_code,
-        attn_implementation=run.model.attn_implementation,
-    )
+    model = source.load_base()
     # The score head is new: train it and save it with the adapter, or the saved reward model is useless.
     if init:  # InstructGPT: the reward model starts as the SFT model plus a new head
         model = apply_lora_from(model, init.adapter_dir, task_type="SEQ_CLS", modules_to_save=["score"],
@@ -146,10 +132,8 @@ def main(cfg: DictConfig) -> None:
     # ---- save ----------------------------------------------------------------------------------------------
     model.save_pretrained(out / ADAPTER)  # LoRA weights + the score head (modules_to_save)
     tokenizer.save_pretrained(out / ADAPTER)
-    write_metrics(out, metrics)
-    write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)
-    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
-    print(f"lightalign: {run.stage} finished: {out}")
+    finish_stage(out, run.stage, metrics, artefacts={"adapter": ADAPTER, "base_model": run.model.name_or_path},
+                 config_hash=config_hash)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import hydra
 from datasets import Dataset
-from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
+from omegaconf import DictConfig
 from trl import SFTConfig, SFTTrainer
 
 from lightalign.config import register_configs
@@ -27,9 +26,10 @@ from lightalign.data.tokenize import tokenize_lm_examples
 from lightalign.distributed import is_main_process
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, HeldOutLoss, SampleAnswers, run_eval_hooks
-from lightalign.models import apply_lora, load_base_model, load_tokenizer, resolve_precision, upcast_trainable
-from lightalign.rundir import ADAPTER, LOG, read_json, write_json_atomic, write_manifest, write_metrics
-from lightalign.stage import run_directory, save_config
+from lightalign.models import apply_lora, resolve_precision, upcast_trainable
+from lightalign.models.trained import ModelSource
+from lightalign.rundir import ADAPTER, LOG, read_json, write_json_atomic
+from lightalign.stage import finish_stage, start_stage
 from lightalign.training import (
     JsonlLogCallback,
     NonFiniteLossCallback,
@@ -43,16 +43,12 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sft")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    run = OmegaConf.to_object(cfg)  # typed: a typo'd or mistyped key has already failed here
-    out = run_directory()
-    config_hash = save_config(cfg, out)
-    set_seed(run.trainer.seed)
+    run, out, config_hash = start_stage(cfg)  # typed config, run directory, config.yaml, seed
     precision = resolve_precision(run.trainer.precision)
+    source = ModelSource.of_settings(run.model, run.quant, run.trainer.precision)  # the base model
 
     # ---- setup: tokenizer, data, model -------------------------------------------------------------
-    tokenizer = load_tokenizer(
-        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
-    )
+    tokenizer = source.load_tokenizer()
     train_rows, train_report = tokenize_lm_examples(
         tokenizer,
         load_lm_examples(run.data.train, fmt=run.data.format, split=run.data.split, limit=run.data.limit),
@@ -74,14 +70,7 @@ def main(cfg: DictConfig) -> None:
     if run.data.prompts and run.eval.num_prompts > 0:
         prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
 
-    model = load_base_model(
-        run.model.name_or_path,
-        run.quant,
-        compute_dtype=precision.compute_dtype,
-        revision=run.model.revision,
-        trust_remote_code=run.model.trust_remote_code,
-        attn_implementation=run.model.attn_implementation,
-    )
+    model = source.load_base()
     model = apply_lora(model, run.lora, gradient_checkpointing=run.trainer.gradient_checkpointing)
     model.print_trainable_parameters()
 
@@ -160,10 +149,8 @@ def main(cfg: DictConfig) -> None:
     # ---- save ----------------------------------------------------------------------------------------------
     model.save_pretrained(out / ADAPTER)
     tokenizer.save_pretrained(out / ADAPTER)
-    write_metrics(out, metrics)
-    write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)
-    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
-    print(f"lightalign: {run.stage} finished: {out}")
+    finish_stage(out, run.stage, metrics, artefacts={"adapter": ADAPTER, "base_model": run.model.name_or_path},
+                 config_hash=config_hash)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Resume discovery: the newest *complete* checkpoint, by step number (checkpoint-10 is newer than -9)."""
 
-from lightalign.training import CHECKPOINTS, complete_checkpoints, find_resume_checkpoint
+from lightalign.training import CHECKPOINTS, checkpoint_step, complete_checkpoints, find_resume_checkpoint
 
 
 def test_checkpoints_are_ordered_by_step_and_torn_ones_left_out(tmp_path):
@@ -16,3 +16,9 @@ def test_checkpoints_are_ordered_by_step_and_torn_ones_left_out(tmp_path):
 def test_no_checkpoints_folder_means_a_fresh_start(tmp_path):
     assert complete_checkpoints(tmp_path / CHECKPOINTS) == []
     assert find_resume_checkpoint(tmp_path) is None
+
+
+def test_checkpoint_step_reads_the_number_of_a_checkpoint_folder_only(tmp_path):
+    assert checkpoint_step(tmp_path / "checkpoint-12") == 12
+    for name in ("checkpoint-final", "checkpoint-", "rng-3", "checkpoint-1-2", ".checkpoint-4.staging"):
+        assert checkpoint_step(tmp_path / name) is None, name

@@ -18,6 +18,9 @@ from lightalign.trackers import trl_report_to
 ArgsT = TypeVar("ArgsT", bound=TrainingArguments)
 
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+# Written last into a checkpoint, by TRL and by lightalign.ppo.checkpoint alike: it marks the folder complete.
+TRAINER_STATE = "trainer_state.json"
 
 
 def build_trl_args(
@@ -61,9 +64,15 @@ def complete_checkpoints(root: Path) -> list[Path]:
     A checkpoint is complete once its ``trainer_state.json`` is written (the last file, for TRL and for
     lightalign.ppo.checkpoint alike): a torn one lacks it and is left out.
     """
-    complete = [path for path in root.glob("checkpoint-*")
-                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
-    return sorted(complete, key=lambda path: int(path.name.split("-")[-1]))
+    complete = [path for path in root.glob(f"{CHECKPOINT_PREFIX}*")
+                if checkpoint_step(path) is not None and (path / TRAINER_STATE).is_file()]
+    return sorted(complete, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder (``checkpoint-12`` → 12); None for any other name."""
+    step = path.name.removeprefix(CHECKPOINT_PREFIX)
+    return int(step) if path.name.startswith(CHECKPOINT_PREFIX) and step.isdigit() else None
 
 
 def find_resume_checkpoint(output_dir: Path) -> str | None:

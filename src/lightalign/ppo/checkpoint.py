@@ -30,9 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lightalign.atomic import build_folder_atomically, remove_leftovers
-from lightalign.training import CHECKPOINTS
-
-STATE = "trainer_state.json"
+from lightalign.training import CHECKPOINT_PREFIX, CHECKPOINTS, TRAINER_STATE, complete_checkpoints
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -100,7 +98,7 @@ def save_ppo_checkpoint(
     """
     root = output_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(root, "checkpoint-*")  # of a run killed while saving (one writer per run directory)
+    remove_leftovers(root, f"{CHECKPOINT_PREFIX}*")  # of a run killed while saving (one writer per run directory)
 
     def write(staging: Path) -> None:
         save_file({k: v.contiguous() for k, v in trainable.items()}, staging / "trainable.safetensors")
@@ -108,16 +106,12 @@ def save_ppo_checkpoint(
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         torch.save(capture_rng_state(), staging / "rng.pt")
         # Written last: its presence is what marks a checkpoint complete.
-        (staging / STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
+        (staging / TRAINER_STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
 
     # replace=True: a rerun reaching the same update again replaces the old checkpoint with the new state
-    final = build_folder_atomically(root / f"checkpoint-{step}", write, replace=True)
+    final = build_folder_atomically(root / f"{CHECKPOINT_PREFIX}{step}", write, replace=True)
     if keep > 0:
-        done = sorted(
-            (p for p in root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / STATE).is_file()),
-            key=lambda p: int(p.name.split("-")[-1]),
-        )
-        for old in done[:-keep]:
+        for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -131,5 +125,5 @@ def load_ppo_checkpoint(path: str | Path) -> PPOCheckpoint:
         optimizer=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
         scheduler=torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True),
         rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
-        state=json.loads((path / STATE).read_text(encoding="utf-8")),
+        state=json.loads((path / TRAINER_STATE).read_text(encoding="utf-8")),
     )
