@@ -49,3 +49,16 @@ def test_model_names_pass_through_and_empty_folders_fail(tmp_path):
     assert resolve_model_source("lightalign:tiny-random").adapter is None
     with pytest.raises(ConfigError, match="holds no PEFT adapter"):
         resolve_model_source(tmp_path)
+
+
+def test_a_config_names_its_base_as_the_stage_that_trained_on_it_does(tmp_path):
+    from lightalign.config.schema import ModelSettings, Quantization
+    from lightalign.models.trained import ModelSource
+
+    own = ModelSource.of_settings(ModelSettings(name_or_path="lightalign:tiny-random"), Quantization(), "fp32")
+    assert own.base == "lightalign:tiny-random" and own.adapter is None and own.quantization.load_in_4bit
+    full_precision = ModelSource.of_settings(ModelSettings(name_or_path="m"), Quantization(load_in_4bit=False))
+    assert full_precision.quantization is None and full_precision.precision == "auto"
+    trained = resolve_model_source(_run_dir(tmp_path))
+    assert (trained.base, trained.quantization, trained.precision, trained.attn_implementation) == (
+        own.base, own.quantization, own.precision, own.attn_implementation)
