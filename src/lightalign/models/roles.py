@@ -4,16 +4,16 @@ eval hooks all go through this module.
 A stage that trains a policy against a reference wraps the base once with PEFT and gives each role a LoRA
 adapter of its own, so the base weights exist once in memory:
 
-=========  ==============  =========  ==============================================================
-role       adapter         trainable  what it is
-=========  ==============  =========  ==============================================================
-policy     :data:`POLICY`    yes        the model being trained: a fresh adapter, or the SFT adapter
-                                      trained further
-reference  :data:`REFERENCE` no         a frozen copy of the SFT adapter, or no adapter at all: the base
-                                      with adapters disabled (see below)
-value      :data:`VALUE`     yes        PPO's critic (its head: :mod:`lightalign.ppo.roles`)
-reward     :data:`REWARD`    no         PPO's reward model (its ``score`` head: :mod:`lightalign.ppo.roles`)
-=========  ==============  =========  ==============================================================
+=========  ===============================  =========  ====================================================
+role       adapter                          trainable  what it is
+=========  ===============================  =========  ====================================================
+policy     :data:`POLICY` (``"default"``)   yes        the model being trained: a fresh adapter, or the SFT
+                                                       adapter trained further
+reference  :data:`REFERENCE` (``"ref"``)    no         a frozen copy of the SFT adapter, or no adapter at
+                                                       all: the base with adapters disabled (see below)
+value      :data:`VALUE` (``"value"``)      yes        PPO's critic (its head: :mod:`lightalign.ppo.roles`)
+reward     :data:`REWARD` (``"reward"``)    no         PPO's reward model (its ``score`` head likewise)
+=========  ===============================  =========  ====================================================
 
 **The reference is where training started** (:func:`reference_kind`, :func:`set_up_reference`):
 
