@@ -7,33 +7,11 @@ import math
 import pytest
 import torch
 
-from lightalign.ppo.advantages import (
-    gae_advantages,
-    masked_mean,
-    masked_whiten,
-    paid_scores,
-    per_token_rewards,
-)
+from lightalign.ppo.advantages import gae_advantages, paid_scores, per_token_rewards
 
 
 def close(actual: torch.Tensor, expected: list | float) -> None:
     torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), atol=1e-5, rtol=1e-5)
-
-
-def test_masked_mean_ignores_padding_even_when_it_is_nan():
-    x = torch.tensor([[1.0, 3.0, float("nan")], [4.0, 100.0, 100.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    close(masked_mean(x, mask), (1 + 3 + 4) / 3)
-    close(masked_mean(x, mask, dim=1), [2.0, 4.0])
-
-
-def test_masked_whiten_uses_only_real_positions():
-    # mean 2, unbiased variance ((1-2)^2 + 0 + (3-2)^2) / (3 - 1) = 1  ->  (x - 2) / 1
-    x = torch.tensor([[1.0, 2.0], [3.0, 100.0]])
-    mask = torch.tensor([[1, 1], [1, 0]])
-    close(masked_whiten(x, mask), [[-1.0, 0.0], [1.0, 0.0]])
-    # shift_mean=False only rescales: (x - 2) / 1 + 2 = x
-    close(masked_whiten(x, mask, shift_mean=False), [[1.0, 2.0], [3.0, 0.0]])
 
 
 def test_gae_three_steps_by_hand():

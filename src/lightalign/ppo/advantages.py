@@ -12,57 +12,10 @@ as one episode that ends at the last real token.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1 (over all dims, or along ``dim``).
-
-    Example:
-        >>> masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1, 1, 0]]))
-        tensor(2.)
-    """
-    mask = mask.to(x.dtype)
-    # where() rather than x * mask, so a NaN or inf at a padding position cannot leak into the sum.
-    total = torch.where(mask.bool(), x, torch.zeros_like(x))
-    if dim is None:
-        return total.sum() / mask.sum().clamp(min=1)
-    return total.sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
-    """Variance of ``x`` over the masked positions (Bessel-corrected by default, as in the old TRL)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        # clamp: with a single real position the variance is 0 either way; avoids a divide by zero
-        # without a host sync on the count.
-        count = mask.to(x.dtype).sum()
-        var = var * count / (count - 1).clamp(min=1)
-    return var
-
-
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """Normalise ``x`` to unit variance (and zero mean) using statistics of the masked positions only.
-
-    Args:
-        x: values to whiten, e.g. advantages ``[B, T]``.
-        mask: 1 for real positions, 0 for padding; padding is returned as 0.
-        shift_mean: if False, keep the original mean (only rescale); used to whiten rewards without
-            turning a consistently good batch into a half-bad one.
-
-    Returns:
-        The whitened tensor, same shape as ``x``.
-    """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+from lightalign.rl.objectives import KLEstimator, kl_estimate
 
 
 def last_token_index(mask: Tensor) -> Tensor:
@@ -102,7 +55,7 @@ def per_token_rewards(
     mask: Tensor,
     kl_coef: float,
     *,
-    kl_estimator: Literal["k1", "k3"] = "k1",
+    kl_estimator: KLEstimator = "k1",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Turn one scalar score per response into a per-token reward with a KL penalty.
 
@@ -114,22 +67,15 @@ def per_token_rewards(
         ref_logprobs: the same under the frozen reference model ``[B, T]``.
         mask: 1 for real response tokens, 0 for padding ``[B, T]``.
         kl_coef: β, e.g. ``kl_controller.value``.
-        kl_estimator: ``"k1"`` = ``logp - ref_logp`` (unbiased, can be negative per token; the classic
-            choice), ``"k3"`` = ``(r - 1) - log r`` with ``r = exp(ref_logp - logp)`` (always >= 0,
-            lower variance; Schulman's "Approximating KL divergence").
+        kl_estimator: ``"k1"`` (the classic choice) or ``"k3"``
+            (:func:`~lightalign.rl.objectives.kl_estimate`).
 
     Returns:
         ``(rewards, kl, non_score_reward)``, each ``[B, T]`` and 0 at padding. ``kl.sum(1).mean()`` is the
         per-sequence KL to log and to feed :class:`~lightalign.ppo.kl_control.AdaptiveKLController`.
     """
     valid = mask.bool()
-    log_ratio = logprobs - ref_logprobs
-    if kl_estimator == "k1":
-        kl = log_ratio
-    elif kl_estimator == "k3":
-        kl = torch.expm1(-log_ratio) + log_ratio
-    else:
-        raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)
     kl = torch.where(valid, kl, torch.zeros_like(kl))
     non_score_reward = -kl_coef * kl
     rewards = non_score_reward.clone()
@@ -153,7 +99,8 @@ def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, 
 
     Returns:
         ``(advantages, returns)``, both ``[B, T]``, 0 at padding; ``returns = advantages + values`` are the
-        value-function targets. Whiten the advantages afterwards with :func:`masked_whiten`.
+        value-function targets. Whiten the advantages afterwards with
+        :func:`~lightalign.rl.masked.masked_whiten`.
     """
     valid = mask.bool()
     # Zero the padding so that a stale value or reward there can never be bootstrapped from.

@@ -10,15 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightalign.ppo.advantages import masked_mean, masked_var
+from lightalign.rl.masked import masked_mean, masked_var
+from lightalign.rl.objectives import clipped_ratio_loss, kl_estimate
 
 
 def policy_loss(
     new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate objective of PPO (Schulman et al. 2017), as a loss to minimise.
-
-    ``loss = mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps)))`` with ``r = exp(new - old)``.
+    """Clipped surrogate objective of PPO (Schulman et al. 2017), as a loss to minimise: the mean over real
+    tokens of :func:`~lightalign.rl.objectives.clipped_ratio_loss`.
 
     Args:
         new_logprobs: log-probabilities of the response tokens under the policy being trained ``[B, T]``.
@@ -32,17 +32,13 @@ def policy_loss(
         ``approx_kl`` (k3 estimator ``mean((r - 1) - log r)`` of KL(old || new), >= 0, as in "The 37
         implementation details of PPO"), ``ratio_mean``.
     """
-    old_logprobs = old_logprobs.detach()
-    advantages = advantages.detach()
-    log_ratio = new_logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token, clipped, ratio = clipped_ratio_loss(new_logprobs, old_logprobs, advantages, clip_range)
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         stats = {
-            "clip_frac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
-            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+            "clip_frac": masked_mean(clipped.to(ratio.dtype), mask),
+            # KL(old || new) on tokens sampled from old: k3 with the roles of policy and reference swapped
+            "approx_kl": masked_mean(kl_estimate(old_logprobs, new_logprobs, "k3"), mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, stats

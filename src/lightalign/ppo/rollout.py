@@ -24,15 +24,10 @@ from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
 from lightalign.errors import ConfigError
 from lightalign.generation import sample_and_score, stop_token_ids
-from lightalign.ppo.advantages import (
-    gae_advantages,
-    masked_mean,
-    masked_whiten,
-    paid_scores,
-    per_token_rewards,
-)
+from lightalign.ppo.advantages import gae_advantages, paid_scores, per_token_rewards
 from lightalign.ppo.rewards import RewardFn, score_answers
 from lightalign.ppo.roles import SharedBaseRoles
+from lightalign.rl.masked import masked_mean, masked_whiten
 
 
 class PromptSampler:

@@ -1,0 +1,7 @@
+"""The pieces PPO and GRPO share, below both (``ppo/`` and ``grpo/`` import from here, never the reverse).
+
+- :mod:`~lightalign.rl.masked`: means, variances and whitening over the real tokens of padded ``[B, T]`` tensors.
+- :mod:`~lightalign.rl.objectives`: the KL estimators and the clipped policy-ratio objective.
+
+Import from the submodules; this package imports nothing itself.
+"""
