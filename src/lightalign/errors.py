@@ -43,6 +43,11 @@ class NonFiniteLossError(LightalignError):
     """The training loss became NaN or infinite; the last complete checkpoint stays valid."""
 
 
+class RewardError(LightalignError):
+    """A reward callable (a ``(prompts, answers) -> scores`` part of an RL stage's reward) raised, or returned
+    the wrong number of scores or one that is not a finite number; it names the part."""
+
+
 def _is_user_error(err: Exception) -> bool:
     from omegaconf.errors import OmegaConfBaseException
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from lightalign.demo.questions import Question, parse_question
+from lightalign.errors import ConfigError
 
 W_CORRECT, W_CONCISE, W_FORM = 0.60, 0.25, 0.15
 EXTRA_WORDS_TO_ZERO = 10
@@ -127,23 +128,36 @@ def gold_judge(prompt: str, answer: str) -> float:
 
 
 class GoldJudge:
-    """The gold judge as a batch reward function, the signature PPO calls (``_target_:
+    """The gold judge as a batch reward function, the signature PPO and GRPO call (``_target_:
     lightalign.demo.GoldJudge``).
 
     Besides the scores it gives each answer's parts (:meth:`parts`) and each prompt's question family
     (:meth:`group`): :class:`lightalign.eval.SampleAnswers` reads them into ``correct_fraction``.
 
+    Args:
+        part: which number of :class:`JudgeParts` a call returns: ``"score"`` (the whole judgement, the
+            default) or one part, e.g. ``"correct"`` (1 or 0): a verifiable reward that pays for being
+            right and nothing else.
+
     Example:
         >>> judge = GoldJudge()
         >>> judge(["What is 7 + 5?", "What is 7 + 5?"], ["12.", "13."])
         [1.0, 0.4]
+        >>> GoldJudge(part="correct")(["What is 7 + 5?"] * 2, ["It is 12, I think", "13."])
+        [1.0, 0.0]
         >>> judge.parts(["What is 7 + 5?"], ["13."])[0]["correct"], judge.group("What is 7 + 5?")
         (0.0, 'arithmetic')
     """
 
+    def __init__(self, part: str = "score") -> None:
+        names = [f.name for f in fields(JudgeParts)]
+        if part not in names:
+            raise ConfigError(f"GoldJudge part={part!r} is not one of {', '.join(names)}")
+        self.part = part
+
     def __call__(self, prompts: list[str], answers: list[str]) -> list[float]:
-        """Score each answer to its prompt; see :func:`gold_judge`."""
-        return [p["score"] for p in self.parts(prompts, answers)]
+        """Score each answer to its prompt: :func:`gold_judge`, or the chosen part of :func:`judge_parts`."""
+        return [p[self.part] for p in self.parts(prompts, answers)]
 
     def parts(self, prompts: list[str], answers: list[str]) -> list[dict[str, float]]:
         """Each answer's :class:`JudgeParts` as numbers: ``{"correct": 1.0, "concise": 0.5, ..., "score": 0.875}``."""

@@ -35,26 +35,35 @@ class JudgeError(LightalignError):
     """A judge (a ``(prompts, answers) -> scores`` callable) raised or returned unusable scores."""
 
 
-def judge_scores(judge: ScoreFn, prompts: list[str], answers: list[str]) -> list[float]:
+def judge_scores(
+    judge: ScoreFn, prompts: list, answers: list[str], *, name: str | None = None,
+    error: type[LightalignError] = JudgeError,
+) -> list[float]:
     """``judge(prompts, answers)``, checked: one finite number per answer.
 
+    Args:
+        judge: the scorer; ``prompts`` are what it reads (texts, or message lists for a scorer that accepts them).
+        name: how the error names the scorer; default ``judge <its class or function name>``.
+        error: the class raised; :class:`~lightalign.errors.RewardError` for a reward being trained on.
+
     Raises:
-        JudgeError: one line naming the judge and what was wrong (it raised, gave the wrong number of
-            scores, or a score that is not a finite number).
+        JudgeError: (or ``error``) one line naming the judge and what was wrong (it raised, gave the wrong
+            number of scores, or a score that is not a finite number).
     """
-    name = getattr(judge, "__qualname__", None) or type(judge).__qualname__
+    name = name or f"judge {getattr(judge, '__qualname__', None) or type(judge).__qualname__}"
     try:
         scores = list(judge(prompts, answers))
     except Exception as err:  # noqa: BLE001 -- any failure of user code becomes one line
-        raise JudgeError(f"judge {name} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                         ) from err
+        raise error(f"{name} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     if len(scores) != len(answers):
-        raise JudgeError(f"judge {name} returned {len(scores)} scores for {len(answers)} answers")
+        raise error(f"{name} returned {len(scores)} scores for {len(answers)} answers")
     for i, score in enumerate(scores):
         if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise JudgeError(f"judge {name} returned {score!r} for answer {i} ({answers[i][:40]!r} to "
-                             f"{prompts[i][:40]!r}); scores must be finite numbers")
+            raise error(f"{name} returned {score!r} for answer {i} ({answers[i][:40]!r} to "
+                        f"{prompts[i][:40]!r}); scores must be finite numbers")
     return [float(s) for s in scores]
+
+
 CORRECT = "correct_fraction"  # the share of correct answers; per question family: "correct_fraction/<family>"
 
 
