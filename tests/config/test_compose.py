@@ -83,3 +83,12 @@ def test_wrong_type_fails_at_compose_time():
 
 def test_conf_dir_is_the_source_tree():
     assert CONF == Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_grpo_rewards_combine_options_and_take_a_part_from_the_command_line():
+    cfg = _compose("grpo", ["rewards=[correct,gold_judge]", "rewards.gold.weight=0.5",
+                            "+rewards.mine.fn._target_=my_pkg.reward"])
+    del cfg.hydra
+    run = OmegaConf.to_object(cfg)
+    assert {name: part.weight for name, part in run.rewards.items()} == {"correct": 1.0, "gold": 0.5, "mine": 1.0}
+    assert run.rewards["correct"].fn == {"_target_": "lightalign.demo.GoldJudge", "part": "correct"}

@@ -13,6 +13,8 @@ import lightalign
 from lightalign.config.schema import (
     DataSettings,
     DPOOptions,
+    GRPOOptions,
+    GRPOStageConfig,
     PPOOptions,
     PPOSettings,
     PreferenceDataSettings,
@@ -66,6 +68,49 @@ def test_good_choices_pass():
     assert DPOOptions(loss_type="ipo").loss_type == "ipo"
     assert RankingsStageConfig(judge={"_target_": "lightalign.demo.GoldJudge"}).judge is not None
     assert RankingsStageConfig(rankings=RankingsOptions(human="ranked.jsonl")).rankings.human == "ranked.jsonl"
+
+
+GOLD = {"fn": {"_target_": "lightalign.demo.GoldJudge"}}
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: GRPOOptions(group_size=1), "grpo.group_size=1: a group needs at least 2 answers"),
+        (lambda: GRPOOptions(beta=-0.1), "grpo.beta=-0.1: the KL weight must be >= 0"),
+        (lambda: GRPOOptions(temperature=0.0), "grpo.temperature=0.0: sampling needs a temperature > 0"),
+        (lambda: GRPOOptions(top_p=1.5), r"grpo.top_p=1.5: give a value in \(0, 1\]"),
+        (lambda: GRPOOptions(clip_range=0.0), "grpo.clip_range=0.0"),
+        (lambda: GRPOOptions(scale_eps=0.0), "grpo.scale_eps=0.0"),
+        (lambda: GRPOOptions(num_iterations=0), "grpo.num_iterations=0: give a positive number"),
+        (lambda: GRPOOptions(batch_size=0), "grpo.batch_size=0: give a positive number"),
+        (lambda: GRPOOptions(advantage="ppo"), "grpo.advantage='ppo' is not one of grpo, rloo, dr_grpo"),
+        (lambda: GRPOOptions(loss_aggregation="mean"), "grpo.loss_aggregation='mean' is not one of auto, token"),
+        (lambda: GRPOOptions(kl_estimator="k2"), "grpo.kl_estimator='k2' is not one of k1, k3"),
+        (lambda: GRPOOptions(reward_model_weight=float("nan")), "grpo.reward_model_weight=nan"),
+        (lambda: GRPOStageConfig(), "GRPO has no reward"),
+        (lambda: GRPOStageConfig(rewards={"gold": {"fn": {"_target_": None}}}), r"rewards.gold.fn._target_ is not set"),
+        (lambda: GRPOStageConfig(rewards={"gold": {**GOLD, "wieght": 2}}), "rewards.gold: unknown key.* wieght"),
+        (lambda: GRPOStageConfig(rewards={"gold": {**GOLD, "weight": "high"}}), "rewards.gold.weight='high' is not"),
+        (lambda: GRPOStageConfig(rewards={"gold": GOLD}, trainer=TrainerSettings(per_device_train_batch_size=5)),
+         "32 answers per step must be a multiple of .* = 5"),
+    ],
+    ids=["group-size", "beta", "temperature", "top-p", "clip", "eps", "iterations", "batch", "advantage",
+         "aggregation", "kl-estimator", "rm-weight", "no-reward", "no-target", "weight-typo", "weight-type",
+         "minibatch"],
+)
+def test_bad_grpo_settings_are_config_errors_naming_the_key(build, expected):
+    with pytest.raises(ConfigError, match=expected):
+        build()
+
+
+def test_grpo_rewards_become_typed_parts_and_auto_aggregation_follows_the_advantage():
+    run = GRPOStageConfig(rewards={"gold": {**GOLD, "weight": 2}})
+    assert run.rewards["gold"].weight == 2.0 and run.rewards["gold"].fn == GOLD["fn"]
+    assert GRPOStageConfig(grpo=GRPOOptions(reward_model="reward_dir")).rewards == {}  # a reward model alone is enough
+    assert GRPOOptions().aggregation == "token"
+    assert GRPOOptions(advantage="dr_grpo").aggregation == "constant"  # Dr. GRPO: no length normalisation
+    assert GRPOOptions(advantage="dr_grpo", loss_aggregation="sequence").aggregation == "sequence"  # asked for
 
 
 def test_the_schema_imports_no_torch():

@@ -12,6 +12,7 @@ before any data or model is read. This module imports no torch (a test checks): 
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,7 +35,10 @@ REPORT_TO: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", 
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
                   "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 VALUE_INITS = ("auto", "reward", "fresh")  # ppo.value_init
-KL_ESTIMATORS = ("k1", "k3")  # ppo.kl_estimator (lightalign.ppo.advantages)
+KL_ESTIMATORS = ("k1", "k3")  # ppo.kl_estimator, grpo.kl_estimator (lightalign.rl.objectives)
+GRPO_ADVANTAGES = ("grpo", "rloo", "dr_grpo")  # grpo.advantage (lightalign.grpo.advantages)
+# grpo.loss_aggregation (lightalign.grpo.losses.aggregate_tokens); auto: constant for dr_grpo, else token
+GRPO_AGGREGATIONS = ("auto", "token", "sequence", "constant")
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -349,9 +353,114 @@ class RankingsStageConfig(StageConfig):
                               "(judge=none rankings.human=FILE from `lightalign rank`)")
 
 
+@dataclass
+class GRPOOptions:
+    """``grpo.*``: GRPO's hyper-parameters and where the policy starts (see lightalign.grpo and docs/grpo.md).
+
+    Per step: ``batch_size`` prompts, ``group_size`` answers each, scored by the reward (the ``rewards`` parts
+    and/or ``reward_model``); advantages within each prompt's group; ``num_iterations`` passes of the clipped
+    ratio loss (+ ``beta``·KL to the reference) over the answers in mini-batches of
+    ``trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps``.
+    """
+
+    sft_adapter: str | None = None  # SFT run dir or adapter folder: the policy starts here, the reference is it
+    reward_model: str | None = None  # a reward stage's run dir: its model is the reward part "rm"
+    reward_model_weight: float = 1.0
+    # ---- sampling
+    batch_size: int = 8  # prompts per step
+    group_size: int = 4  # G: answers sampled per prompt
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # the one source: sampling and every log-prob (policy, reference) use it
+    top_p: float = 1.0
+    # ---- advantages and loss
+    advantage: str = "grpo"  # grpo (mean/std) | rloo (leave-one-out) | dr_grpo (mean only)
+    scale_eps: float = 1e-4  # grpo: added to the group's std
+    loss_aggregation: str = "auto"  # token | sequence | constant | auto (constant for dr_grpo, else token)
+    clip_range: float = 0.2  # ε of the ratio clip
+    beta: float = 0.04  # KL to the reference in the loss; 0 loads no reference
+    kl_estimator: str = "k3"  # k3 (the GRPO paper) | k1
+    num_iterations: int = 1  # optimisation passes over each batch of answers (μ in the GRPO paper)
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"grpo.group_size={self.group_size}: a group needs at least 2 answers per prompt "
+                              "(a lone answer has no baseline)")
+        for key in ("batch_size", "max_new_tokens", "num_iterations"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"grpo.{key}={getattr(self, key)}: give a positive number")
+        if not self.temperature > 0:
+            raise ConfigError(f"grpo.temperature={self.temperature}: sampling needs a temperature > 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"grpo.top_p={self.top_p}: give a value in (0, 1]")
+        if not self.beta >= 0:
+            raise ConfigError(f"grpo.beta={self.beta}: the KL weight must be >= 0 (0: no reference)")
+        if not self.clip_range > 0:
+            raise ConfigError(f"grpo.clip_range={self.clip_range}: give a value > 0")
+        if not self.scale_eps > 0:
+            raise ConfigError(f"grpo.scale_eps={self.scale_eps}: give a value > 0")
+        if not math.isfinite(self.reward_model_weight):
+            raise ConfigError(f"grpo.reward_model_weight={self.reward_model_weight} is not a finite number")
+        check_choice("grpo.advantage", self.advantage, GRPO_ADVANTAGES)
+        check_choice("grpo.loss_aggregation", self.loss_aggregation, GRPO_AGGREGATIONS)
+        check_choice("grpo.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+
+    @property
+    def aggregation(self) -> str:
+        """``loss_aggregation`` with ``auto`` resolved: Dr. GRPO's constant normaliser goes with its advantage."""
+        if self.loss_aggregation != "auto":
+            return self.loss_aggregation
+        return "constant" if self.advantage == "dr_grpo" else "token"
+
+
+@dataclass
+class RewardPartSettings:
+    """``rewards.<name>.*``: one part of GRPO's reward, ``weight`` × a ``(prompts, answers) -> scores`` callable
+    ``fn`` named by ``_target_`` (conf/rewards/*.yaml), e.g. ``lightalign.demo.GoldJudge``."""
+
+    fn: dict[str, Any]
+    weight: float = 1.0
+
+    @classmethod
+    def from_node(cls, name: str, node: Any) -> RewardPartSettings:
+        """Check a ``rewards.<name>`` node as a schema would (keys, types) and build the part from it."""
+        if not isinstance(node, dict):
+            raise ConfigError(f"rewards.{name} must be a mapping with fn (and weight), got {node!r}")
+        unknown = sorted(set(node) - {"fn", "weight"})
+        if unknown:
+            raise ConfigError(f"rewards.{name}: unknown key(s) {', '.join(unknown)}; a part has fn and weight")
+        fn, weight = node.get("fn"), node.get("weight", 1.0)
+        if not (isinstance(fn, dict) and fn.get("_target_")):
+            raise ConfigError(f"rewards.{name}.fn._target_ is not set: name the reward callable")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise ConfigError(f"rewards.{name}.weight={weight!r} is not a finite number")
+        return cls(fn=fn, weight=float(weight))
+
+
+@dataclass
+class GRPOStageConfig(StageConfig):
+    grpo: GRPOOptions = field(default_factory=GRPOOptions)
+    # name -> {fn: {_target_: ...}, weight: 1.0} (RewardPartSettings). `rewards=[correct,gold_judge]` picks several
+    # options of conf/rewards/ and sums them. Values typed Any, not RewardPartSettings, so that the command line can
+    # add a part (+rewards.mine.fn._target_=pkg.fn, which OmegaConf refuses for a typed value); __post_init__
+    # checks each part as the typed schema would and turns it into a RewardPartSettings.
+    rewards: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rewards = {name: RewardPartSettings.from_node(name, node) for name, node in self.rewards.items()}
+        if not self.rewards and not self.grpo.reward_model:
+            raise ConfigError("GRPO has no reward: pick reward callables (rewards=correct, rewards=[correct,gold_judge]"
+                              ") and/or a reward stage's model (grpo.reward_model=REWARD_RUN_DIR)")
+        answers = self.grpo.batch_size * self.grpo.group_size
+        minibatch = self.trainer.per_device_train_batch_size * self.trainer.gradient_accumulation_steps
+        if answers % minibatch:
+            raise ConfigError(f"grpo.batch_size * grpo.group_size = {answers} answers per step must be a multiple of "
+                              f"trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps = "
+                              f"{minibatch} (one optimiser step)")
+
+
 SCHEMAS: dict[str, type] = {"sft_schema": SFTStageConfig, "reward_schema": RewardStageConfig,
                             "dpo_schema": DPOStageConfig, "ppo_schema": PPOStageConfig,
-                            "rankings_schema": RankingsStageConfig}
+                            "rankings_schema": RankingsStageConfig, "grpo_schema": GRPOStageConfig}
 
 
 def register_configs() -> None:
