@@ -41,12 +41,12 @@ from lightalign.eval.kl import ReferenceKL
 from lightalign.models import resolve_precision
 from lightalign.models.roles import save_policy
 from lightalign.models.trained import ModelSource
-from lightalign.ppo.checkpoint import load_ppo_checkpoint, restore_rng_state, save_ppo_checkpoint
 from lightalign.ppo.kl_control import AdaptiveKLController, FixedKLController
 from lightalign.ppo.rewards import SharedBaseRewardModel
 from lightalign.ppo.roles import load_shared_base_roles
 from lightalign.ppo.rollout import PromptSampler, collect_rollout
 from lightalign.ppo.update import ppo_update
+from lightalign.rl.checkpoint import load_loop_checkpoint, restore_rng_state, save_loop_checkpoint
 from lightalign.rundir import (
     ADAPTER,
     LOG,
@@ -154,7 +154,7 @@ def main(cfg: DictConfig) -> None:
     start = 0
     resume_from = find_resume_checkpoint(out) if trainer.resume else None
     if resume_from:
-        checkpoint = load_ppo_checkpoint(resume_from)
+        checkpoint = load_loop_checkpoint(resume_from)
         roles.load_trainable_state_dict(checkpoint.trainable)
         optimizer.load_state_dict(checkpoint.optimizer)
         scheduler.load_state_dict(checkpoint.scheduler)
@@ -212,8 +212,8 @@ def main(cfg: DictConfig) -> None:
             tracker.log({f"eval_{k}": v for k, v in evals.items()}, step)  # shown as eval/{k}, as TRL's
         if step % trainer.save_steps == 0 or step == total:
             state = {"kl_controller": kl_control.state_dict(), "sampler": sampler.state_dict()}
-            save_ppo_checkpoint(out, step, trainable=roles.trainable_state_dict(), optimizer=optimizer,
-                                scheduler=scheduler, state=state, keep=trainer.save_total_limit)
+            save_loop_checkpoint(out, step, trainable=roles.trainable_state_dict(), optimizer=optimizer,
+                                 scheduler=scheduler, state=state, keep=trainer.save_total_limit)
     bar.close()
     tracker.close()
 

@@ -62,7 +62,7 @@ def complete_checkpoints(root: Path) -> list[Path]:
     """The complete ``checkpoint-<step>`` folders in ``root``, oldest step first.
 
     A checkpoint is complete once its ``trainer_state.json`` is written (the last file, for TRL and for
-    lightalign.ppo.checkpoint alike): a torn one lacks it and is left out.
+    lightalign.rl.checkpoint alike): a torn one lacks it and is left out.
     """
     complete = [path for path in root.glob(f"{CHECKPOINT_PREFIX}*")
                 if checkpoint_step(path) is not None and (path / TRAINER_STATE).is_file()]

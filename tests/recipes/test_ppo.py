@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM
 
 from lightalign.cli import main as cli
 from lightalign.models import Quantization, load_base_model
-from lightalign.ppo.checkpoint import load_ppo_checkpoint
+from lightalign.rl.checkpoint import load_loop_checkpoint
 from lightalign.rundir import LOG, read_log
 from lightalign.training import find_resume_checkpoint
 
@@ -110,8 +110,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, sft_ad
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
     # The value role and head resumed as well, and the log holds each update exactly once.
-    last_full = load_ppo_checkpoint(full / "checkpoints" / "checkpoint-6").trainable
-    last_killed = load_ppo_checkpoint(killed / "checkpoints" / "checkpoint-6").trainable
+    last_full = load_loop_checkpoint(full / "checkpoints" / "checkpoint-6").trainable
+    last_killed = load_loop_checkpoint(killed / "checkpoints" / "checkpoint-6").trainable
     assert all(torch.allclose(last_full[k], last_killed[k], atol=1e-5, rtol=1e-4) for k in last_full)
     rows = [json.loads(line) for line in (killed / "logs" / "metrics.jsonl").read_text().splitlines()]
     full_rows = [json.loads(line) for line in (full / "logs" / "metrics.jsonl").read_text().splitlines()]

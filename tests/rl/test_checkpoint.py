@@ -1,4 +1,4 @@
-"""PPO checkpoints: complete or absent, pruned, and restoring every random generator."""
+"""Checkpoints of the stages with their own loop (PPO, GRPO): complete or absent, pruned, every RNG restored."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import random
 import numpy as np
 import torch
 
-from lightalign.ppo.checkpoint import (
-    capture_rng_state,
-    load_ppo_checkpoint,
-    restore_rng_state,
-    save_ppo_checkpoint,
-)
+from lightalign.rl.checkpoint import capture_rng_state, load_loop_checkpoint, restore_rng_state, save_loop_checkpoint
 from lightalign.training import find_resume_checkpoint
 
 
@@ -34,14 +29,14 @@ def test_round_trip_prune_and_torn_checkpoints(tmp_path):
     (root / "checkpoint-7").mkdir()  # no trainer_state.json: incomplete, never resumed from
     for step in (1, 2, 3):
         trainable = {"value_head/weight": layer.weight.detach() * step}
-        save_ppo_checkpoint(tmp_path, step, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
-                            state={"sampler": {"epoch": 0, "position": step}}, keep=2)
+        save_loop_checkpoint(tmp_path, step, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
+                             state={"sampler": {"epoch": 0, "position": step}}, keep=2)
     assert not torn.exists()
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-3", "checkpoint-7"]
     newest = find_resume_checkpoint(tmp_path)
     assert newest == str(root / "checkpoint-3")
 
-    loaded = load_ppo_checkpoint(newest)
+    loaded = load_loop_checkpoint(newest)
     assert loaded.step == 3 and loaded.state["sampler"]["position"] == 3
     torch.testing.assert_close(loaded.trainable["value_head/weight"], layer.weight.detach() * 3)
     fresh_layer, fresh_optimizer, fresh_scheduler = _parts()

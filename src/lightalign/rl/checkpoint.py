@@ -1,14 +1,16 @@
-"""Resumable PPO checkpoints, written atomically: a checkpoint folder exists complete or not at all.
+"""Resumable checkpoints of the stages that run their own loop (PPO, GRPO), written atomically: a checkpoint
+folder exists complete or not at all.
 
-``DIR/checkpoints/checkpoint-<update>/`` holds:
+``DIR/checkpoints/checkpoint-<step>/`` holds:
 
-- ``trainable.safetensors``: the policy and value adapters and the value head
-  (:meth:`~lightalign.ppo.roles.SharedBaseRoles.trainable_state_dict`);
+- ``trainable.safetensors``: whatever the stage trains, as one flat dict of tensors (PPO: the policy and value
+  adapters and the value head, :meth:`~lightalign.ppo.roles.SharedBaseRoles.trainable_state_dict`; GRPO: the
+  policy adapter);
 - ``optimizer.pt``, ``scheduler.pt``: their ``state_dict()``;
 - ``rng.pt``: the Python, NumPy and torch (CPU and CUDA) generator states;
-- ``trainer_state.json``: the update number, the prompt sampler's position, the KL controller (β) and any
+- ``trainer_state.json``: the step number, the prompt sampler's position, PPO's KL controller (β) and any
   other JSON state the recipe adds. Its presence marks the folder complete, as for the TRL-based stages,
-  so :func:`lightalign.training.find_resume_checkpoint` finds the newest PPO checkpoint too.
+  so :func:`lightalign.training.find_resume_checkpoint` finds the newest one of these too.
 
 Everything is written into a hidden staging folder next to the final one and renamed into place
 (:func:`lightalign.atomic.build_folder_atomically`): a run killed while saving leaves the previous checkpoint
@@ -34,7 +36,7 @@ from lightalign.training import CHECKPOINT_PREFIX, CHECKPOINTS, TRAINER_STATE, c
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Every random generator a PPO update draws from (sampling, mini-batch shuffling)."""
+    """Every random generator a training step draws from (sampling, mini-batch shuffling)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -58,7 +60,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 @dataclass
-class PPOCheckpoint:
+class LoopCheckpoint:
     """A loaded checkpoint; apply each part to the object it came from."""
 
     path: Path
@@ -73,7 +75,7 @@ class PPOCheckpoint:
         return int(self.state["step"])
 
 
-def save_ppo_checkpoint(
+def save_loop_checkpoint(
     output_dir: Path,
     step: int,
     *,
@@ -87,8 +89,8 @@ def save_ppo_checkpoint(
 
     Args:
         output_dir: the run directory.
-        step: the number of PPO updates done.
-        trainable: tensors to restore the trained roles from.
+        step: the number of steps (PPO updates, GRPO steps) done.
+        trainable: tensors to restore what is trained from.
         optimizer, scheduler: saved through ``state_dict()``.
         state: JSON-serialisable state (sampler position, KL controller ...); ``step`` is added.
         keep: ``trainer.save_total_limit``.
@@ -116,10 +118,10 @@ def save_ppo_checkpoint(
     return final
 
 
-def load_ppo_checkpoint(path: str | Path) -> PPOCheckpoint:
-    """Read a folder written by :func:`save_ppo_checkpoint` (tensors on CPU)."""
+def load_loop_checkpoint(path: str | Path) -> LoopCheckpoint:
+    """Read a folder written by :func:`save_loop_checkpoint` (tensors on CPU)."""
     path = Path(path)
-    return PPOCheckpoint(
+    return LoopCheckpoint(
         path=path,
         trainable=load_file(path / "trainable.safetensors"),
         optimizer=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
