@@ -12,8 +12,7 @@ resumed run continues with the same prompts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -27,6 +26,7 @@ from lightalign.generation import sample_and_score, stop_token_ids
 from lightalign.ppo.advantages import gae_advantages, paid_scores, per_token_rewards
 from lightalign.ppo.rewards import RewardFn, score_answers
 from lightalign.ppo.roles import SharedBaseRoles
+from lightalign.rl.batches import select_rows
 from lightalign.rl.masked import masked_mean, masked_whiten
 
 
@@ -119,22 +119,8 @@ class Rollout:
         return self.input_ids[:, self.response_start :]
 
     def select(self, rows: Tensor) -> Rollout:
-        """The rollout of ``rows`` only, cut to their longest response (less compute per mini-batch)."""
-        width = int(self.mask[rows].sum(1).max().item())
-        columns = self.response_start + width
-        picked: dict[str, Any] = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.name in ("input_ids", "attention_mask"):
-                value = value[rows, :columns]
-            elif isinstance(value, Tensor) and value.dim() == 2:
-                value = value[rows, :width]
-            elif isinstance(value, Tensor):
-                value = value[rows]
-            elif item.name == "answers":
-                value = [value[i] for i in rows.tolist()]
-            picked[item.name] = value
-        return Rollout(**picked)
+        """The rollout of ``rows`` only, cut to their longest response (:func:`~lightalign.rl.batches.select_rows`)."""
+        return select_rows(self, rows)
 
     def stats(self) -> dict[str, float]:
         """Per-update metrics of the experience (sums over an answer's tokens, means over answers)."""

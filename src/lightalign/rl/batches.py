@@ -1,0 +1,44 @@
+"""Rows of a batch of sampled answers, cut to what they need: how PPO and GRPO form their micro-batches."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any, Protocol, TypeVar
+
+from torch import Tensor
+
+
+class AnswerBatch(Protocol):
+    """A dataclass of sampled answers: ``input_ids``/``attention_mask`` ``[B, P + T]`` (left-padded prompts, then
+    right-padded answers from column ``response_start``), ``mask`` ``[B, T]``; any other field is per answer."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_start: int
+    mask: Tensor
+
+
+Batch = TypeVar("Batch", bound=AnswerBatch)
+
+
+def select_rows(batch: Batch, rows: Tensor) -> Batch:
+    """The answers ``rows`` of ``batch`` only, cut to their longest answer (less compute per micro-batch).
+
+    ``[B, P + T]`` fields keep the prompt columns and the answer columns up to that length, ``[B, T]`` fields
+    the answer columns, ``[B]`` fields and lists their rows; ``None`` and every other value stay as they are.
+    """
+    width = int(batch.mask[rows].sum(1).max().item())
+    columns = batch.response_start + width
+    picked: dict[str, Any] = {}
+    for item in fields(batch):  # type: ignore[arg-type]
+        value = getattr(batch, item.name)
+        if item.name in ("input_ids", "attention_mask"):
+            value = value[rows, :columns]
+        elif isinstance(value, Tensor) and value.dim() == 2:
+            value = value[rows, :width]
+        elif isinstance(value, Tensor):
+            value = value[rows]
+        elif isinstance(value, list):
+            value = [value[i] for i in rows.tolist()]
+        picked[item.name] = value
+    return replace(batch, **picked)
