@@ -41,6 +41,7 @@ STAGE_RECIPES: dict[str, tuple[str, str]] = {
     "dpo": ("dpo.py", "dpo"),
     "ppo": ("ppo.py", "ppo"),
     "rankings": ("rankings.py", "rankings"),
+    "grpo": ("grpo.py", "grpo"),
 }
 
 # stage -> {config key: what it receives}: an upstream stage's run directory (``"sft"``) or a file in it
@@ -50,6 +51,7 @@ HANDOFF: dict[str, dict[str, str]] = {
     "reward": {"reward.init_adapter": "sft", "data.train": "rankings/rankings.jsonl"},
     "dpo": {"dpo.sft_adapter": "sft", "dpo.reward_model": "reward", "data.train": "rankings/pairs.jsonl"},
     "ppo": {"ppo.sft_adapter": "sft", "ppo.reward_model": "reward"},
+    "grpo": {"grpo.sft_adapter": "sft", "grpo.reward_model": "reward"},
 }
 
 STATE_FILE = "pipeline.json"

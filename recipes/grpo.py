@@ -1,0 +1,240 @@
+"""GRPO with QLoRA on ONE shared 4-bit base: critic-free RL, G sampled answers per prompt, no value model.
+
+    lightalign run grpo grpo.sft_adapter=SFT_DIR [overrides]          # or python recipes/grpo.py; reward: correct
+    lightalign run grpo grpo.sft_adapter=SFT_DIR 'rewards=[correct,gold_judge]' rewards.gold.weight=0.5
+    lightalign run grpo grpo.sft_adapter=SFT_DIR rewards=none grpo.reward_model=REWARD_DIR
+    lightalign run grpo model=tiny-random trainer.max_steps=2 hydra.run.dir=DIR grpo.sft_adapter=SFT_DIR
+
+Supports: the policy as a trainable adapter on the base, started from the SFT adapter (``grpo.sft_adapter``; the
+reference is then a frozen copy of it) or fresh (the reference is the base, adapters off); ``grpo.beta=0``
+computes no reference log-probs. The reward is a weighted list of ``(prompts, answers) -> scores`` callables
+(``rewards``, e.g. the demo judge's correctness) and/or a reward stage's model (``grpo.reward_model``), each part
+logged. Per step: ``grpo.batch_size`` prompts × ``grpo.group_size`` answers sampled in one batch; advantages
+within each group (``grpo.advantage``: grpo | rloo | dr_grpo); ``grpo.num_iterations`` passes of the clipped
+ratio loss + β·KL (k3) over the answers in mini-batches, aggregated by ``grpo.loss_aggregation``.
+``trainer.max_steps`` counts steps. Checkpoints every ``trainer.save_steps`` steps (atomic); the same command
+resumes exactly.
+
+Writes DIR/adapter/ (the policy), DIR/metrics.json (correct_fraction, gold_score, reward_score, win rates against
+the reference's answers, kl_to_sft; sft_* = the reference), DIR/samples.jsonl, DIR/sft_samples.jsonl,
+DIR/logs/metrics.jsonl (one row per step: reward, reward/<part>, kl, clip_frac, ...), DIR/checkpoints/.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from tqdm.auto import tqdm
+from transformers import TrainingArguments, get_scheduler, set_seed
+
+from lightalign.config import register_configs
+from lightalign.data import load_prompt_examples
+from lightalign.data.tokenize import tokenize_prompts
+from lightalign.errors import ConfigError, NonFiniteLossError, RewardError, report_errors
+from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks, untouched_rng
+from lightalign.eval.kl import ReferenceKL
+from lightalign.grpo.rewards import RewardPart, WeightedReward
+from lightalign.grpo.rollout import sample_groups
+from lightalign.grpo.update import grpo_update
+from lightalign.models import load_base_model, load_tokenizer, resolve_precision
+from lightalign.models.adapters import upcast_trainable
+from lightalign.models.reference import (
+    POLICY_ADAPTER,
+    load_policy,
+    resolve_adapter_dir,
+    set_up_reference,
+    use_reference,
+)
+from lightalign.ppo.roles import disable_dropout
+from lightalign.ppo.rollout import PromptSampler
+from lightalign.rl.checkpoint import load_loop_checkpoint, restore_rng_state, save_loop_checkpoint
+from lightalign.rundir import ADAPTER, LOG, append_log, read_log, stage_samples, trim_log, write_manifest, write_metrics
+from lightalign.stage import run_directory, save_config
+from lightalign.trackers import TrackerLog, trl_report_to
+from lightalign.training import build_trl_args, find_resume_checkpoint
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="grpo")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    run = OmegaConf.to_object(cfg)  # typed and checked: G >= 2, beta >= 0, reward parts, mini-batch size ...
+    out = run_directory()
+    config_hash = save_config(cfg, out)
+    set_seed(run.trainer.seed)
+    precision = resolve_precision(run.trainer.precision)
+    grpo, trainer = run.grpo, run.trainer
+    sft_dir = resolve_adapter_dir(grpo.sft_adapter, expected_base=run.model.name_or_path) if grpo.sft_adapter else None
+
+    # ---- setup: tokenizer, prompts -----------------------------------------------------------------------
+    tokenizer = load_tokenizer(
+        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
+    )
+    prompt_budget = run.data.max_length - grpo.max_new_tokens
+    if prompt_budget < 1:
+        raise ConfigError(f"data.max_length={run.data.max_length} leaves no room for prompts of answers of "
+                          f"grpo.max_new_tokens={grpo.max_new_tokens}")
+    prompts, prompt_ids, prompt_report = tokenize_prompts(
+        tokenizer,
+        load_prompt_examples(run.data.train, split=run.data.split, limit=run.data.limit),
+        max_length=prompt_budget,
+        overlong=run.data.overlong,
+    )
+    print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")
+    eval_prompts = []
+    if run.data.prompts and run.eval.num_prompts > 0:
+        eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
+
+    # ---- setup: one base; the policy adapter, the reference (frozen SFT copy or the base) ------------------
+    base = load_base_model(
+        run.model.name_or_path,
+        run.quant,
+        compute_dtype=precision.compute_dtype,
+        revision=run.model.revision,
+        trust_remote_code=run.model.trust_remote_code,
+        attn_implementation=run.model.attn_implementation,
+    )
+    model, reference_kind = load_policy(base, run.lora, sft_adapter=sft_dir,
+                                        gradient_checkpointing=trainer.gradient_checkpointing)
+    set_up_reference(model, reference_kind)
+    disable_dropout(model)  # the same log-probs in the update as at sampling: the first ratio is exactly 1
+    upcast_trainable(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"policy: {'the SFT adapter ' + str(sft_dir) if sft_dir else 'a fresh adapter'}; reference: "
+          f"{'the frozen SFT adapter' if reference_kind == 'sft' else 'the base (adapters off)'}"
+          f"{' (evaluation only: grpo.beta=0)' if grpo.beta == 0 else ''}; "
+          f"trainable parameters: {sum(p.numel() for p in params):,}")
+
+    # ---- setup: the reward, a weighted list of parts ----------------------------------------------------------
+    parts = [RewardPart(name, hydra.utils.instantiate(part.fn), part.weight) for name, part in run.rewards.items()]
+    reward = WeightedReward(parts)
+    print("reward: " + " + ".join(f"{p.weight:g} × {p.name}" for p in parts))
+
+    # ---- eval hooks: the policy's answers, scores and KL against the reference (the SFT model) ---------------
+    judge = hydra.utils.instantiate(run.eval.judge) if run.eval.judge else None
+    scorers = {**({"gold": judge} if judge else {}), "reward": reward}
+    generation = {"max_new_tokens": run.eval.max_new_tokens, "batch_size": run.eval.batch_size}
+    reference_name = "sft" if sft_dir else "base"
+    hooks: list = []
+    if eval_prompts:
+        samples = SampleAnswers(eval_prompts, scorers, **generation)
+        # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
+        reference_samples = stage_samples(sft_dir) if sft_dir else None
+        hooks.append(ReferenceWinRate(samples, reference_name, reference_samples=reference_samples)
+                     if run.eval.evaluate_base else samples)
+        hooks.append(ReferenceKL(eval_prompts, reference_name=reference_name, temperature=grpo.temperature,
+                                 **generation))
+
+    # ---- setup: optimiser, schedule, prompt order; resume ----------------------------------------------------
+    total = trainer.max_steps if trainer.max_steps > 0 else \
+        math.ceil(trainer.num_train_epochs * len(prompts) / grpo.batch_size)
+    optimizer = torch.optim.AdamW(params, lr=trainer.learning_rate, weight_decay=trainer.weight_decay)
+    scheduler = get_scheduler(trainer.lr_scheduler_type, optimizer,
+                              num_warmup_steps=round(trainer.warmup_ratio * total), num_training_steps=total)
+    sampler = PromptSampler(len(prompts), grpo.batch_size, seed=trainer.seed)
+    answers_per_step = grpo.batch_size * grpo.group_size
+    minibatch = trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
+    start = 0
+    resume_from = find_resume_checkpoint(out) if trainer.resume else None
+    if resume_from:
+        checkpoint = load_loop_checkpoint(resume_from)
+        set_peft_model_state_dict(model, checkpoint.trainable, adapter_name=POLICY_ADAPTER)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        scheduler.load_state_dict(checkpoint.scheduler)
+        sampler.load_state_dict(checkpoint.state["sampler"])
+        restore_rng_state(checkpoint.rng)
+        start = checkpoint.step
+        print(f"resuming from {resume_from} (step {start} of {total})")
+    trim_log(out / LOG, run.stage, start)  # steps after the checkpoint are logged again
+    tracker = TrackerLog(build_trl_args(TrainingArguments, trainer, out, precision)
+                         if trl_report_to(trainer.report_to) else None, model=base)
+
+    # ---- train: sample groups -> advantages -> optimise -> log -> checkpoint, once per step -----------------
+    bar = tqdm(total=total, initial=start, desc="grpo steps", unit="step")
+    for step in range(start + 1, total + 1):
+        began = time.perf_counter()
+        batch = sampler.next_batch()
+        try:
+            rollout = sample_groups(
+                model, tokenizer, [prompts[i] for i in batch], [prompt_ids[i] for i in batch], reward,
+                group_size=grpo.group_size, max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature,
+                top_p=grpo.top_p, advantage=grpo.advantage, scale_eps=grpo.scale_eps,
+                reference=partial(use_reference, model) if grpo.beta > 0 else None,
+                # the policy moves before the last pass over these answers: keep what sampled them
+                keep_old_logprobs=grpo.num_iterations > 1 or minibatch < answers_per_step,
+                forward_batch_size=trainer.per_device_train_batch_size,
+            )
+            sampled = time.perf_counter()
+            update_stats = grpo_update(
+                model, params, optimizer, rollout.batch, clip_range=grpo.clip_range, beta=grpo.beta,
+                kl_estimator=grpo.kl_estimator, aggregation=grpo.aggregation, max_new_tokens=grpo.max_new_tokens,
+                temperature=grpo.temperature, num_iterations=grpo.num_iterations, minibatch_size=minibatch,
+                micro_batch_size=trainer.per_device_train_batch_size, max_grad_norm=trainer.max_grad_norm,
+            )
+        except (NonFiniteLossError, RewardError) as err:
+            last = find_resume_checkpoint(out)
+            raise type(err)(f"GRPO step {step}: {err}; stopped before its optimiser step, the last checkpoint "
+                            f"({last or 'none yet'}) is intact") from err
+        scheduler.step()
+        elapsed = time.perf_counter() - began
+        row = {**rollout.stats(), **update_stats, "learning_rate": scheduler.get_last_lr()[0],
+               "epoch": sampler.epoch + sampler.position / len(prompts), "step_seconds": elapsed,
+               "sample_seconds": sampled - began, "samples_per_second": answers_per_step / elapsed}
+        append_log(out / LOG, run.stage, step, row)
+        tracker.log(row, step)
+        bar.update()
+        bar.set_postfix(reward=f"{row['reward']:.3f}")
+        if trainer.logging_steps > 0 and step % trainer.logging_steps == 0:
+            tqdm.write(f"step {step}: reward {row['reward']:.3f} " + " ".join(
+                f"{k.split('/', 1)[1]} {v:.3f}" for k, v in row.items() if k.startswith("reward/")) +
+                f" | kl {row.get('kl', 0.0):.4f} clip {row['clip_frac']:.2f} answer {row['answer_tokens']:.1f} "
+                f"tokens, {row['samples_per_second']:.2f} samples/s")
+        if hooks and run.eval.every_n_steps > 0 and step % run.eval.every_n_steps == 0:
+            with untouched_rng():
+                evals = run_eval_hooks(hooks, EvalContext(model, tokenizer, out / "evals" / f"step-{step}", step=step))
+            append_log(out / LOG, run.stage, step, {f"eval/{k}": v for k, v in evals.items()})
+            tracker.log({f"eval_{k}": v for k, v in evals.items()}, step)  # shown as eval/{k}, as TRL's
+        if step % trainer.save_steps == 0 or step == total:
+            save_loop_checkpoint(out, step, trainable=get_peft_model_state_dict(model, adapter_name=POLICY_ADAPTER),
+                                 optimizer=optimizer, scheduler=scheduler, state={"sampler": sampler.state_dict()},
+                                 keep=trainer.save_total_limit)
+    bar.close()
+    tracker.close()
+
+    # ---- evaluate ----------------------------------------------------------------------------------------------
+    metrics: dict[str, float] = {}
+    if hooks:
+        with untouched_rng():
+            metrics.update(run_eval_hooks(hooks, EvalContext(model, tokenizer, out, step=total)))
+    logged = [r for r in read_log(out / LOG) if r.get("stage") == run.stage and "reward" in r]
+    if logged:
+        window = max(1, min(5, len(logged) // 2))  # up to five steps from each end, never overlapping
+        first, last = logged[:window], logged[-window:]
+        metrics.update({
+            "train_steps": len(logged),
+            "train_reward_first": sum(r["reward"] for r in first) / len(first),
+            "train_reward_last": sum(r["reward"] for r in last) / len(last),
+            "train_kl_last": sum(r.get("kl", 0.0) for r in last) / len(last),
+            "train_runtime_s": sum(r["step_seconds"] for r in logged),
+            "train_samples_per_second": sum(r["samples_per_second"] for r in logged) / len(logged),
+        })
+    metrics.update(prompt_report.as_metrics("train_prompts"))
+
+    # ---- save --------------------------------------------------------------------------------------------------
+    model.save_pretrained(out / ADAPTER, selected_adapters=[POLICY_ADAPTER])  # not the frozen reference copy
+    tokenizer.save_pretrained(out / ADAPTER)
+    write_metrics(out, metrics)
+    write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)
+    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
+    print(f"lightalign: {run.stage} finished: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The sampling half of a GRPO step: G answers per prompt, their rewards, advantages within each group.
+
+:func:`sample_groups` runs without gradients: the policy samples every answer of the step in one batch, the
+reference scores them when the loss has a KL term (``beta > 0``), the reward parts score the decoded answers,
+and each answer's advantage is measured against the other answers to its prompt. The result,
+:class:`GroupRollout`, is what :func:`lightalign.grpo.update.grpo_update` optimises on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from lightalign.data.collators import pad_prompts
+from lightalign.data.types import PromptOnly
+from lightalign.eval.generation import stop_token_ids
+from lightalign.grpo.advantages import Advantage, group_advantages, zero_spread_fraction
+from lightalign.grpo.rewards import RewardScores, WeightedReward
+from lightalign.ppo.rollout import decode_answers
+from lightalign.ppo.sampling import logprobs_from_logits, response_logits, sample_responses
+from lightalign.rl.batches import select_rows
+
+
+@dataclass
+class GroupBatch:
+    """What the optimisation reads of one step's answers: ``N`` prompts × ``G`` answers, answer ``g`` of prompt
+    ``i`` in row ``i·G + g``.
+
+    ``input_ids``/``attention_mask`` are ``[N·G, P + T]`` (left-padded prompts, right-padded answers from column
+    ``response_start``); ``mask``, ``old_logprobs``, ``ref_logprobs`` ``[N·G, T]``; ``advantages`` ``[N·G]``.
+    ``old_logprobs`` (the sampling policy's) is None when every answer is optimised on exactly once, before the
+    policy moves: the ratio's denominator is then the new log-prob itself, detached. ``ref_logprobs`` is None
+    without a KL term.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_start: int
+    mask: Tensor
+    advantages: Tensor
+    old_logprobs: Tensor | None
+    ref_logprobs: Tensor | None
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def responses(self) -> Tensor:
+        return self.input_ids[:, self.response_start :]
+
+    def select(self, rows: Tensor) -> GroupBatch:
+        """The answers ``rows`` only, cut to their longest answer (:func:`~lightalign.rl.batches.select_rows`)."""
+        return select_rows(self, rows)
+
+
+@dataclass
+class GroupRollout:
+    """One step's answers: the :class:`GroupBatch` to optimise on, and what the log reports of them."""
+
+    batch: GroupBatch
+    group_size: int
+    answers: list[str]
+    rewards: RewardScores
+    ended_with_eos: Tensor
+
+    def stats(self) -> dict[str, float]:
+        """Per-step metrics: the reward and each part's mean (``reward/<name>``), the within-group spread, the
+        share of groups that teach nothing, the answers' length and how many ended with a stop token."""
+        total = torch.tensor(self.rewards.total)
+        groups = total.view(-1, self.group_size)
+        return {
+            **self.rewards.means(),
+            "reward_std": groups.std(dim=1).mean().item(),
+            "zero_spread_fraction": zero_spread_fraction(total, self.group_size),
+            "answer_tokens": self.batch.mask.sum(1).float().mean().item(),
+            "eos_fraction": self.ended_with_eos.float().mean().item(),
+        }
+
+
+def _logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, start: int, temperature: float,
+              chunk: int) -> Tensor:
+    """Log-probs of the answer tokens under ``model`` as it is (its active adapter), ``chunk`` rows at a time."""
+    return torch.cat([
+        logprobs_from_logits(response_logits(model, input_ids[i : i + chunk], attention_mask[i : i + chunk], start,
+                                             temperature), input_ids[i : i + chunk, start:])
+        for i in range(0, input_ids.shape[0], chunk)
+    ])
+
+
+@torch.no_grad()
+def sample_groups(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[PromptOnly],
+    prompt_ids: Sequence[Sequence[int]],
+    reward: WeightedReward,
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    advantage: Advantage = "grpo",
+    scale_eps: float = 1e-4,
+    reference: Callable[[], AbstractContextManager] | None = None,
+    keep_old_logprobs: bool = False,
+    forward_batch_size: int = 8,
+) -> GroupRollout:
+    """Sample ``group_size`` answers to each prompt from ``model`` (the policy, its adapter active), score them.
+
+    Args:
+        model: the policy; put in eval mode here (generation with a KV cache, no dropout).
+        tokenizer: its tokenizer (stop tokens, decoding).
+        prompts: the prompts, for the reward parts.
+        prompt_ids: their ids with the assistant header (:func:`lightalign.data.tokenize.tokenize_prompts`).
+        reward: the weighted reward parts.
+        group_size: G.
+        max_new_tokens, temperature, top_p: sampling; the log-probs use the same temperature.
+        advantage, scale_eps: :func:`~lightalign.grpo.advantages.group_advantages`.
+        reference: a context manager factory under which ``model`` is the reference; None: no KL term.
+        keep_old_logprobs: score the answers under the sampling policy too (needed when the policy moves before
+            the last optimisation step on them: several mini-batches, or several iterations).
+        forward_batch_size: rows per scoring forward pass (memory bound).
+
+    Raises:
+        RewardError: a reward part raised, or returned the wrong number of scores or a non-finite one.
+    """
+    device = next(model.parameters()).device
+    repeated = [ids for ids in prompt_ids for _ in range(group_size)]  # row i·G + g: answer g to prompt i
+    batch = {k: v.to(device) for k, v in pad_prompts(repeated, tokenizer.pad_token_id).items()}
+    model.eval()
+    sampled = sample_responses(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                               eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                               temperature=temperature, top_p=top_p)
+    start = batch["input_ids"].shape[1]
+    input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
+    attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
+    old_logprobs = ref_logprobs = None
+    if keep_old_logprobs:
+        old_logprobs = _logprobs(model, input_ids, attention_mask, start, temperature, forward_batch_size)
+    if reference is not None:
+        with reference():
+            ref_logprobs = _logprobs(model, input_ids, attention_mask, start, temperature, forward_batch_size)
+
+    answers = decode_answers(tokenizer, sampled.tokens, sampled.mask)
+    rewards = reward.score([p.prompt for p in prompts for _ in range(group_size)], answers)
+    advantages = group_advantages(torch.tensor(rewards.total), group_size, advantage, scale_eps).to(device)
+    return GroupRollout(
+        batch=GroupBatch(input_ids, attention_mask, start, sampled.mask, advantages, old_logprobs, ref_logprobs),
+        group_size=group_size,
+        answers=answers,
+        rewards=rewards,
+        ended_with_eos=sampled.ended_with_eos,
+    )
