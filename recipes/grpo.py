@@ -53,6 +53,7 @@ from lightalign.models.reference import (
 )
 from lightalign.ppo.roles import disable_dropout
 from lightalign.ppo.rollout import PromptSampler
+from lightalign.reward_model import RewardModel
 from lightalign.rl.checkpoint import load_loop_checkpoint, restore_rng_state, save_loop_checkpoint
 from lightalign.rundir import ADAPTER, LOG, append_log, read_log, stage_samples, trim_log, write_manifest, write_metrics
 from lightalign.stage import run_directory, save_config
@@ -114,12 +115,16 @@ def main(cfg: DictConfig) -> None:
 
     # ---- setup: the reward, a weighted list of parts ----------------------------------------------------------
     parts = [RewardPart(name, hydra.utils.instantiate(part.fn), part.weight) for name, part in run.rewards.items()]
+    reward_model = RewardModel.load(grpo.reward_model, batch_size=run.eval.batch_size) if grpo.reward_model else None
+    if reward_model:
+        parts.append(RewardPart("rm", reward_model, grpo.reward_model_weight))
     reward = WeightedReward(parts)
     print("reward: " + " + ".join(f"{p.weight:g} × {p.name}" for p in parts))
 
     # ---- eval hooks: the policy's answers, scores and KL against the reference (the SFT model) ---------------
     judge = hydra.utils.instantiate(run.eval.judge) if run.eval.judge else None
-    scorers = {**({"gold": judge} if judge else {}), "reward": reward}
+    # "rm" for the reward model alone, the name the pipeline report reads; "reward" for the sum trained on
+    scorers = {**({"gold": judge} if judge else {}), **({"rm": reward_model} if reward_model else {}), "reward": reward}
     generation = {"max_new_tokens": run.eval.max_new_tokens, "batch_size": run.eval.batch_size}
     reference_name = "sft" if sft_dir else "base"
     hooks: list = []

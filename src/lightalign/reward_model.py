@@ -55,8 +55,11 @@ class RewardModel:
     """A reward model (base + LoRA adapter + score head) that scores answers to prompts.
 
     Sequences longer than ``max_length`` keep their last ``max_length`` tokens, as in training; how many were
-    cut is counted in ``truncated``.
+    cut is counted in ``truncated``. A scorer that reads whole message lists (``accepts_messages``): a reward
+    callable's users (PPO, GRPO) pass each prompt's dialogue, not only its last user turn.
     """
+
+    accepts_messages = True
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int = 512,
                  batch_size: int = 8) -> None:

@@ -1,0 +1,170 @@
+"""GRPO sampling and updates on the 4-bit tiny model: groups, what trains, accumulation, the gradient's direction."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaForCausalLM
+
+from lightalign.data import load_prompt_examples
+from lightalign.data.tokenize import tokenize_prompts
+from lightalign.errors import NonFiniteLossError
+from lightalign.grpo.rewards import RewardPart, WeightedReward
+from lightalign.grpo.rollout import GroupRollout, sample_groups
+from lightalign.grpo.update import grpo_update
+from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
+from lightalign.models.adapters import upcast_trainable
+from lightalign.models.reference import load_policy, set_up_reference, use_reference
+from lightalign.ppo.roles import disable_dropout
+from lightalign.ppo.sampling import logprobs_from_logits, response_logits
+
+TINY = "lightalign:tiny-random"
+LETTERS = set("abcdefghijklmnopqrstuvwxyz")
+G = 4
+
+
+def letter_fraction(texts: list[str], answers: list[str]) -> list[float]:
+    """A programmatic reward with a spread on a random model: the share of lower-case letters in an answer."""
+    return [sum(c in LETTERS for c in a) / max(len(a), 1) for a in answers]
+
+
+REWARD = WeightedReward([RewardPart("letters", letter_fraction)])
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory, tiny_model_dir) -> Path:
+    folder = tmp_path_factory.mktemp("grpo_sft")
+    torch.manual_seed(3)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(folder)
+    return folder
+
+
+def build_policy(sft_adapter: Path | None):
+    """The recipe's model: the policy adapter on the 4-bit base, its reference, dropout off, fp32 adapters."""
+    base = load_base_model(TINY, Quantization(), compute_dtype=resolve_precision("auto").compute_dtype)
+    model, kind = load_policy(base, LoraSettings(r=4, alpha=8, dropout=0.1), sft_adapter=sft_adapter)
+    set_up_reference(model, kind)
+    disable_dropout(model)
+    upcast_trainable(model)
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def sample(model, tokenizer, *, n: int = 2, seed: int = 0, **options) -> GroupRollout:
+    prompts, ids, _ = tokenize_prompts(tokenizer, load_prompt_examples("demo:sft", limit=n), max_length=200)
+    torch.manual_seed(seed)
+    settings = {"group_size": G, "max_new_tokens": 5, "temperature": 1.0,
+                "reference": partial(use_reference, model), **options}
+    return sample_groups(model, tokenizer, prompts, ids, REWARD, **settings)
+
+
+def update(model, params, rollout: GroupRollout, optimizer=None, **options) -> dict[str, float]:
+    settings = {"clip_range": 0.2, "beta": 0.1, "kl_estimator": "k3", "aggregation": "token", "max_new_tokens": 5,
+                "temperature": 1.0, "minibatch_size": rollout.batch.size, "micro_batch_size": rollout.batch.size,
+                "progress": False, **options}
+    return grpo_update(model, params, optimizer or torch.optim.SGD(params, lr=0.5), rollout.batch, **settings)
+
+
+def test_groups_share_their_prompt_and_their_advantages_centre_on_zero(tiny_tokenizer, sft_adapter):
+    model, _ = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer, n=3)
+    batch = rollout.batch
+    assert batch.size == 3 * G and len(rollout.answers) == 3 * G
+    prompts = batch.input_ids[:, : batch.response_start]
+    for i in range(3):  # row i·G + g is answer g to prompt i
+        assert all(torch.equal(prompts[i * G], prompts[i * G + g]) for g in range(G))
+    scores = torch.tensor(rollout.rewards.total).view(3, G)
+    assert torch.allclose(batch.advantages.view(3, G).sum(1), torch.zeros(3), atol=1e-5)
+    assert torch.equal(scores.argmax(1), batch.advantages.view(3, G).argmax(1))  # the best answer of each group
+    # the policy starts as the SFT adapter and the reference is a frozen copy of it: no KL yet
+    assert batch.ref_logprobs is not None and batch.old_logprobs is None
+    stats = rollout.stats()
+    assert stats["reward/letters"] == pytest.approx(scores.mean().item()) and 0 <= stats["zero_spread_fraction"] <= 1
+    update_stats = update(model, [p for p in model.parameters() if p.requires_grad], rollout)
+    assert update_stats["kl"] == pytest.approx(0.0, abs=1e-4) and update_stats["ratio_mean"] == pytest.approx(1.0)
+
+
+def test_only_the_policy_adapter_trains(tiny_tokenizer, sft_adapter):
+    model, params = build_policy(sft_adapter)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rollout = sample(model, tiny_tokenizer, keep_old_logprobs=True)
+    update(model, params, rollout, torch.optim.AdamW(params, lr=1e-2), num_iterations=2, minibatch_size=4,
+           micro_batch_size=2)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    policy = {name for name in before if ".default." in name}
+    assert changed and changed <= policy  # the reference copy (".ref.") and the 4-bit base stay as they were
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == policy
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "constant"])
+def test_micro_batches_accumulate_to_one_mini_batch_step(tiny_tokenizer, sft_adapter, aggregation):
+    model, params = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer)
+    batch = rollout.batch
+    for row, length in enumerate([1, 2, 3, 4]):  # answers of different lengths: the weighting matters
+        batch.mask[row, length:] = 0
+        batch.attention_mask[row, batch.response_start + length :] = 0
+    start = [p.detach().clone() for p in params]
+    results = []
+    for micro in (rollout.batch.size, 2):
+        for p, s in zip(params, start, strict=True):
+            p.data.copy_(s)
+        update(model, params, rollout, torch.optim.SGD(params, lr=0.5), aggregation=aggregation,
+               micro_batch_size=micro, max_grad_norm=None)
+        results.append([p.detach().clone() for p in params])
+    whole, accumulated = results
+    assert any(not torch.equal(w, s) for w, s in zip(whole, start, strict=True))
+    for w, a in zip(whole, accumulated, strict=True):
+        torch.testing.assert_close(a, w, atol=1e-6, rtol=1e-4)
+
+
+def answer_logprobs(model, rollout: GroupRollout) -> torch.Tensor:
+    batch = rollout.batch
+    with torch.no_grad():
+        logprobs = logprobs_from_logits(response_logits(model, batch.input_ids, batch.attention_mask,
+                                                        batch.response_start, 1.0), batch.responses)
+    return (logprobs * batch.mask).sum(1)
+
+
+def test_a_step_makes_better_answers_more_likely(tiny_tokenizer, sft_adapter):
+    model, params = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer, n=3)
+    before = answer_logprobs(model, rollout)
+    update(model, params, rollout, torch.optim.SGD(params, lr=0.05), beta=0.0)
+    change = answer_logprobs(model, rollout) - before
+    advantages = rollout.batch.advantages
+    # first-order: the step follows Σ A_i ∇log π(answer_i); above-average answers gain log-probability
+    assert (advantages * change).sum() > 0
+    assert change[advantages.argmax()] > change[advantages.argmin()]
+
+
+def test_several_passes_need_the_sampling_policy_s_log_probs(tiny_tokenizer, sft_adapter):
+    model, params = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer)
+    with pytest.raises(ValueError, match="keep_old_logprobs=True"):
+        update(model, params, rollout, num_iterations=2)
+    with pytest.raises(ValueError, match="not a multiple of the mini-batch size 3"):
+        update(model, params, sample(model, tiny_tokenizer, keep_old_logprobs=True), minibatch_size=3)
+
+
+def test_beta_zero_computes_no_reference_log_probs(tiny_tokenizer, sft_adapter):
+    model, params = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer, reference=None)
+    assert rollout.batch.ref_logprobs is None
+    assert "kl" not in update(model, params, rollout, beta=0.0)
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step(tiny_tokenizer, sft_adapter):
+    model, params = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer)
+    rollout.batch.advantages[0] = float("nan")
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(NonFiniteLossError, match="GRPO loss became nan"):
+        update(model, params, rollout, micro_batch_size=2)
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert all(p.grad is None for p in params)  # no half-accumulated gradient left behind
