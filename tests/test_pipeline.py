@@ -9,7 +9,15 @@ import pytest
 from lightalign import pipeline as pipeline_module
 from lightalign.cli import main as cli
 from lightalign.errors import ConfigError
-from lightalign.pipeline import StageFailed, default_run_dir, load_stages, pipeline_names, route_overrides, run_pipeline
+from lightalign.pipeline import (
+    StageFailed,
+    default_run_dir,
+    load_stages,
+    pipeline_names,
+    plan,
+    route_overrides,
+    run_pipeline,
+)
 from lightalign.report import COLUMNS, build_report
 
 KEYS = {
@@ -33,14 +41,22 @@ def test_overrides_reach_one_stage_or_all():
 def test_unknown_keys_and_pipelines_fail_early():
     with pytest.raises(ConfigError, match="matches no stage"):
         route_overrides(["trainr.max_steps=2"], ["sft"], KEYS)
-    with pytest.raises(ConfigError, match="valid: dpo, full, rlhf"):
+    with pytest.raises(ConfigError, match="valid: dpo, full, grpo, rlhf"):
         load_stages("nope")
-    assert {"rlhf", "dpo", "full"} <= set(pipeline_names())
+    assert {"rlhf", "dpo", "full", "grpo"} <= set(pipeline_names())
     assert load_stages("full") == ["sft", "rankings", "reward", "ppo", "dpo"]
     assert load_stages("rlhf") == ["sft", "rankings", "reward", "ppo"]
     # the dpo pipeline's runs do not land among the dpo stage's own (outputs/dpo/...)
     assert default_run_dir("dpo").parts[:2] == ("outputs", "pipeline-dpo")
     assert default_run_dir("full").parts[:2] == ("outputs", "full")
+
+
+def test_the_grpo_pipeline_hands_grpo_the_sft_adapter_and_no_reward_model(tmp_path):
+    assert load_stages("grpo") == ["sft", "grpo"]
+    sft, grpo = plan(load_stages("grpo"), ["model=tiny-random", "trainer.max_steps=2"], tmp_path)
+    assert f"grpo.sft_adapter={tmp_path / 'sft'}" in grpo.overrides and grpo.upstream == ["sft"]
+    assert not any(o.startswith("grpo.reward_model=") for o in grpo.overrides)  # no reward stage in this pipeline
+    assert "trainer.max_steps=2" in sft.overrides and "trainer.max_steps=2" in grpo.overrides
 
 
 def _state(run_dir):

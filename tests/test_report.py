@@ -104,3 +104,21 @@ def test_report_shows_the_headroom_and_the_reward_models_accuracy(run_dir: Path)
     assert "| reward model: held-out pairwise accuracy | 0.800 |" in text
     report = json.loads((run_dir / "report.json").read_text())
     assert report["preference_data"]["reward model: held-out pairwise accuracy"] == 0.8
+
+
+def test_a_grpo_stage_gets_its_row_family_answers_and_comparison_with_sft(tmp_path: Path) -> None:
+    # the grpo pipeline: sft -> grpo, nothing else
+    _write(tmp_path, "sft", "metrics.json", {"correct_fraction": 0.5, "base_correct_fraction": 0.25,
+                                             "correct_fraction/capital": 0.5})
+    _write(tmp_path, "sft", "samples.jsonl", _samples(P, [1, 1, 0, 0], [1.0, 1.0, 0.4, 0.4]))
+    _write(tmp_path, "grpo", "metrics.json", {"correct_fraction": 0.75, "kl_to_sft": 0.3, "win_rate_gold": 0.6,
+                                              "correct_fraction/capital": 0.75})
+    _write(tmp_path, "grpo", "samples.jsonl", _samples(P, [1, 1, 1, 0], [1.0, 1.0, 1.0, 0.4]))
+    report = build_report(tmp_path)
+    assert report.rows["grpo"]["correct_fraction"] == 0.75 and report.rows["grpo"]["kl_to_sft"] == 0.3
+    text = report.path.read_text()
+    assert "| grpo | 0.750 |" in text
+    # grpo - sft, correct: diffs 0 0 1 0 -> mean 0.25, sd 0.5, se 0.25
+    assert "| grpo − sft | 4 | +0.250 | 0.250 | no clear difference |" in text
+    assert "| prompt | sft | grpo |" in text  # the answers side by side
+    assert json.loads((tmp_path / "report.json").read_text())["families"]["grpo"] == {"capital": 0.75}

@@ -1,6 +1,6 @@
 """The cross-stage report of a pipeline run: ``DIR/report.md``, ``DIR/report.json`` and PNG curves.
 
-Rows are models (base, SFT, PPO, DPO), columns the numbers that say what each stage bought; then each
+Rows are models (base, SFT, PPO, DPO, GRPO), columns the numbers that say what each stage bought; then each
 model's correct fraction per question family, and paired differences: each model against the one it
 started from, answer by answer on the same prompts, with standard errors. Everything is read back from the
 run directory, so ``lightalign report DIR`` rebuilds it at any time.
@@ -28,9 +28,11 @@ COLUMNS: list[tuple[str, str]] = [
     ("answer_tokens", "answer tokens"),
     ("eos_fraction", "ends with EOS"),
 ]
-MODEL_ROWS = ("base", "sft", "ppo", "dpo")
+# The stages that train from the SFT model, each a row of its own (its metrics.json, its samples.jsonl).
+FROM_SFT = ("ppo", "dpo", "grpo")
+MODEL_ROWS = ("base", "sft", *FROM_SFT)
 # (model, the model it is compared with): each stage against the one it started from.
-COMPARISONS = (("sft", "base"), ("ppo", "sft"), ("dpo", "sft"))
+COMPARISONS = (("sft", "base"), *((stage, "sft") for stage in FROM_SFT))
 # (samples.jsonl field, title) of the per-answer numbers compared in pairs.
 PAIRED_FIELDS = (("correct", "correct"), ("gold_score", "gold judge"))
 # Curves worth plotting, by substring of the logged key, in order of preference.
@@ -51,7 +53,7 @@ def _stage_metrics(run_dir: Path, stage: str) -> dict[str, float]:
 def _collect(run_dir: Path, keys: list[str]) -> dict[str, dict[str, float | None]]:
     """``keys`` of every model found in the run: ``base`` from SFT's ``base_*`` metrics, others from each stage.
 
-    A stage that evaluates against SFT (PPO, DPO) also reports SFT's numbers under ``sft_*``; they fill
+    A stage that evaluates against SFT (PPO, DPO, GRPO) also reports SFT's numbers under ``sft_*``; they fill
     the SFT row's gaps (e.g. its reward-model score).
     """
     sft = _stage_metrics(run_dir, "sft")
@@ -59,7 +61,7 @@ def _collect(run_dir: Path, keys: list[str]) -> dict[str, dict[str, float | None
     if sft:
         rows["base"] = {key: sft.get(f"base_{key}") for key in keys}
         rows["sft"] = {key: sft.get(key) for key in keys}
-    for stage in ("ppo", "dpo"):
+    for stage in FROM_SFT:
         metrics = _stage_metrics(run_dir, stage)
         if not metrics:
             continue
@@ -82,7 +84,7 @@ def collect_rows(run_dir: Path) -> dict[str, dict[str, float | None]]:
 def collect_families(run_dir: Path) -> dict[str, dict[str, float]]:
     """Each model's correct fraction per question family, from the ``correct_fraction/<family>`` metrics:
     ``{"sft": {"capital": 0.5, ...}}``; empty when no judge said what is correct."""
-    keys = {key.partition(f"{CORRECT}/")[2] for stage in ("sft", "ppo", "dpo")
+    keys = {key.partition(f"{CORRECT}/")[2] for stage in ("sft", *FROM_SFT)
             for key in _stage_metrics(run_dir, stage)} - {""}
     rows = _collect(run_dir, [f"{CORRECT}/{family}" for family in sorted(keys)])
     return {model: {key.partition("/")[2]: value for key, value in row.items() if value is not None}
@@ -111,15 +113,14 @@ def read_sample_rows(run_dir: Path) -> dict[str, dict[str, dict]]:
     sources = {
         "base": run_dir / "sft" / f"base_{SAMPLES}",
         "sft": run_dir / "sft" / SAMPLES,
-        "ppo": run_dir / "ppo" / SAMPLES,
-        "dpo": run_dir / "dpo" / SAMPLES,
+        **{stage: run_dir / stage / SAMPLES for stage in FROM_SFT},
     }
     rows = {model: {row["prompt"]: row for row in read_log(path)} for model, path in sources.items()}
     return {model: by_prompt for model, by_prompt in rows.items() if by_prompt}
 
 
 def collect_samples(run_dir: Path, limit: int = 5) -> list[dict[str, str]]:
-    """Each model's answer to the same prompts: ``[{"prompt", "base", "sft", "ppo", "dpo"}]``."""
+    """Each model's answer to the same prompts: ``[{"prompt", "base", "sft", "ppo", ...}]``."""
     rows = read_sample_rows(run_dir)
     prompts = list(rows.get("sft", {})) or next((list(by_prompt) for by_prompt in rows.values()), [])
     return [
@@ -295,7 +296,7 @@ def build_report(run_dir: Path) -> Report:
         lines += ["", "pass@k above the greedy correct fraction is the room RL has: answers the SFT model can give "
                   "but does not give first.", ""]
     if samples:
-        models = [m for m in ("base", "sft", "ppo", "dpo") if any(m in s for s in samples)]
+        models = [m for m in MODEL_ROWS if any(m in s for s in samples)]
         lines += ["## Answers to the same prompts", "", "| prompt | " + " | ".join(models) + " |",
                   "|---|" + "---|" * len(models)]
         lines += ["| " + " | ".join(_cell(s.get(k, "")) for k in ["prompt", *models]) + " |" for s in samples]
