@@ -52,10 +52,20 @@ from lightalign.models.reference import (
     use_reference,
 )
 from lightalign.ppo.roles import disable_dropout
-from lightalign.ppo.rollout import PromptSampler
 from lightalign.reward_model import RewardModel
-from lightalign.rl.checkpoint import load_loop_checkpoint, restore_rng_state, save_loop_checkpoint
-from lightalign.rundir import ADAPTER, LOG, append_log, read_log, stage_samples, trim_log, write_manifest, write_metrics
+from lightalign.rl.checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from lightalign.rl.prompts import PromptSampler
+from lightalign.rundir import (
+    ADAPTER,
+    LOG,
+    append_log,
+    means_at_both_ends,
+    read_log,
+    stage_samples,
+    trim_log,
+    write_manifest,
+    write_metrics,
+)
 from lightalign.stage import run_directory, save_config
 from lightalign.trackers import TrackerLog, trl_report_to
 from lightalign.training import build_trl_args, find_resume_checkpoint
@@ -151,10 +161,7 @@ def main(cfg: DictConfig) -> None:
     if resume_from:
         checkpoint = load_loop_checkpoint(resume_from)
         set_peft_model_state_dict(model, checkpoint.trainable, adapter_name=POLICY_ADAPTER)
-        optimizer.load_state_dict(checkpoint.optimizer)
-        scheduler.load_state_dict(checkpoint.scheduler)
-        sampler.load_state_dict(checkpoint.state["sampler"])
-        restore_rng_state(checkpoint.rng)
+        checkpoint.restore(optimizer, scheduler, sampler)
         start = checkpoint.step
         print(f"resuming from {resume_from} (step {start} of {total})")
     trim_log(out / LOG, run.stage, start)  # steps after the checkpoint are logged again
@@ -208,7 +215,7 @@ def main(cfg: DictConfig) -> None:
             tracker.log({f"eval_{k}": v for k, v in evals.items()}, step)  # shown as eval/{k}, as TRL's
         if step % trainer.save_steps == 0 or step == total:
             save_loop_checkpoint(out, step, trainable=get_peft_model_state_dict(model, adapter_name=POLICY_ADAPTER),
-                                 optimizer=optimizer, scheduler=scheduler, state={"sampler": sampler.state_dict()},
+                                 optimizer=optimizer, scheduler=scheduler, sampler=sampler,
                                  keep=trainer.save_total_limit)
     bar.close()
     tracker.close()
@@ -220,13 +227,12 @@ def main(cfg: DictConfig) -> None:
             metrics.update(run_eval_hooks(hooks, EvalContext(model, tokenizer, out, step=total)))
     logged = [r for r in read_log(out / LOG) if r.get("stage") == run.stage and "reward" in r]
     if logged:
-        window = max(1, min(5, len(logged) // 2))  # up to five steps from each end, never overlapping
-        first, last = logged[:window], logged[-window:]
+        # means of the first and of the last five steps
+        metrics["train_reward_first"], metrics["train_reward_last"] = means_at_both_ends(logged, "reward")
+        if grpo.beta > 0:
+            metrics["train_kl_last"] = means_at_both_ends(logged, "kl")[1]
         metrics.update({
             "train_steps": len(logged),
-            "train_reward_first": sum(r["reward"] for r in first) / len(first),
-            "train_reward_last": sum(r["reward"] for r in last) / len(last),
-            "train_kl_last": sum(r.get("kl", 0.0) for r in last) / len(last),
             "train_runtime_s": sum(r["step_seconds"] for r in logged),
             "train_samples_per_second": sum(r["samples_per_second"] for r in logged) / len(logged),
         })

@@ -44,14 +44,16 @@ from lightalign.models.trained import ModelSource
 from lightalign.ppo.kl_control import AdaptiveKLController, FixedKLController
 from lightalign.ppo.rewards import SharedBaseRewardModel
 from lightalign.ppo.roles import load_shared_base_roles
-from lightalign.ppo.rollout import PromptSampler, collect_rollout
+from lightalign.ppo.rollout import collect_rollout
 from lightalign.ppo.update import ppo_update
-from lightalign.rl.checkpoint import load_loop_checkpoint, restore_rng_state, save_loop_checkpoint
+from lightalign.rl.checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from lightalign.rl.prompts import PromptSampler
 from lightalign.rundir import (
     ADAPTER,
     LOG,
     StageRun,
     append_log,
+    means_at_both_ends,
     read_log,
     trim_log,
 )
@@ -156,11 +158,8 @@ def main(cfg: DictConfig) -> None:
     if resume_from:
         checkpoint = load_loop_checkpoint(resume_from)
         roles.load_trainable_state_dict(checkpoint.trainable)
-        optimizer.load_state_dict(checkpoint.optimizer)
-        scheduler.load_state_dict(checkpoint.scheduler)
         kl_control.load_state_dict(checkpoint.state["kl_controller"])
-        sampler.load_state_dict(checkpoint.state["sampler"])
-        restore_rng_state(checkpoint.rng)
+        checkpoint.restore(optimizer, scheduler, sampler)
         start = checkpoint.step
         print(f"resuming from {resume_from} (update {start} of {total})")
     trim_log(out / LOG, run.stage, start)  # updates after the checkpoint are logged again
@@ -211,9 +210,9 @@ def main(cfg: DictConfig) -> None:
             append_log(out / LOG, run.stage, step, {f"eval/{k}": v for k, v in evals.items()})
             tracker.log({f"eval_{k}": v for k, v in evals.items()}, step)  # shown as eval/{k}, as TRL's
         if step % trainer.save_steps == 0 or step == total:
-            state = {"kl_controller": kl_control.state_dict(), "sampler": sampler.state_dict()}
             save_loop_checkpoint(out, step, trainable=roles.trainable_state_dict(), optimizer=optimizer,
-                                 scheduler=scheduler, state=state, keep=trainer.save_total_limit)
+                                 scheduler=scheduler, sampler=sampler, state={"kl_controller": kl_control.state_dict()},
+                                 keep=trainer.save_total_limit)
     bar.close()
     tracker.close()
 
@@ -224,14 +223,11 @@ def main(cfg: DictConfig) -> None:
             metrics.update(run_eval_hooks(hooks, EvalContext(roles.activate_policy(), tokenizer, out, step=total)))
     logged = [r for r in read_log(out / LOG) if r.get("stage") == run.stage and "score" in r]
     if logged:
-        # up to five updates from each end, never overlapping (a short run compares its halves)
-        window = max(1, min(5, len(logged) // 2))
-        first, last = logged[:window], logged[-window:]
+        # means of the first and of the last five updates
+        metrics["train_score_first"], metrics["train_score_last"] = means_at_both_ends(logged, "score")
         metrics.update({
             "train_updates": len(logged),
-            "train_score_first": sum(r["score"] for r in first) / len(first),  # mean of the first updates
-            "train_score_last": sum(r["score"] for r in last) / len(last),  # ... and of the last ones
-            "train_kl_last": sum(r["kl"] for r in last) / len(last),
+            "train_kl_last": means_at_both_ends(logged, "kl")[1],
             "train_runtime_s": sum(r["update_seconds"] for r in logged),
             "train_tokens_per_second": sum(r["tokens_per_second"] for r in logged) / len(logged),
         })

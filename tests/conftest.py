@@ -33,6 +33,48 @@ def tiny_model_dir() -> Path:
     return Path(resolve_model_path(TINY))
 
 
+@pytest.fixture(scope="session")
+def sft_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """An ``adapter/`` folder as the SFT stage writes one, for tiny-random: a random LoRA adapter
+    (``init_lora_weights=False``, so the SFT model differs from the base). What PPO and GRPO do with an SFT
+    adapter does not depend on how it was trained."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("sft") / "adapter"
+    torch.manual_seed(7)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def killed_after_a_checkpoint():
+    """Run a recipe in a process of its own and SIGKILL it once its first checkpoint is complete, before it ends:
+    what a crash between checkpoints leaves behind. Call it as ``killed_after_a_checkpoint("ppo", overrides, out)``
+    with ``hydra.run.dir=out`` among the overrides."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lightalign.training import find_resume_checkpoint
+
+    def run(recipe: str, overrides: list[str], out: Path, timeout: float = 600) -> None:
+        command = [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *overrides]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while find_resume_checkpoint(out) is None and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)  # between checkpoints: the first is saved, later steps are lost
+        process.wait()
+        assert find_resume_checkpoint(out) is not None and not (out / "manifest.json").exists()
+
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,18 +45,12 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
-def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path, capsys, stage):
+def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path, capsys, killed_after_a_checkpoint, stage):
     full, killed = tmp_path / "full", tmp_path / "killed"
     # The uninterrupted run and the restart run in this process (the same recipe code as the command line,
     # without paying for another interpreter and torch import); the run to kill needs a process of its own.
     assert cli(["run", stage, *_overrides(stage, full, [])]) == 0
-    process = subprocess.Popen(_command(stage, killed, []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while find_resume_checkpoint(killed) is None and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)  # between checkpoints: step 2 is saved, later steps are lost
-    process.wait()
-    assert find_resume_checkpoint(killed) is not None and not (killed / "manifest.json").exists()
+    killed_after_a_checkpoint(stage, _overrides(stage, killed, []), killed, timeout=300)
     capsys.readouterr()
     assert cli(["run", stage, *_overrides(stage, killed, [])]) == 0
     assert "resuming from" in capsys.readouterr().out

@@ -185,6 +185,19 @@ def read_log(path: Path) -> list[dict]:
     return rows
 
 
+def means_at_both_ends(rows: list[dict], key: str, window: int = 5) -> tuple[float, float]:
+    """The mean of ``key`` over the first ``window`` rows and over the last ones, never overlapping (a short run
+    compares its halves): how a logged number moved over a run.
+
+    Example:
+        >>> means_at_both_ends([{"score": s} for s in (1, 2, 3, 4, 5, 6, 7)], "score", window=2)
+        (1.5, 6.5)
+    """
+    width = max(1, min(window, len(rows) // 2))
+    first, last = rows[:width], rows[-width:]
+    return sum(r[key] for r in first) / len(first), sum(r[key] for r in last) / len(last)
+
+
 def trim_log(path: Path, stage: str, last_step: int) -> None:
     """Drop ``stage``'s rows after ``last_step``: a run resumed from that step logs those steps again."""
     if not path.is_file():

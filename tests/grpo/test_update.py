@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import LlamaForCausalLM
+from lightalign.ppo.sampling import logprobs_from_logits, response_logits
 
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
@@ -20,7 +19,6 @@ from lightalign.models import LoraSettings, Quantization, load_base_model, resol
 from lightalign.models.adapters import upcast_trainable
 from lightalign.models.reference import load_policy, set_up_reference, use_reference
 from lightalign.ppo.roles import disable_dropout
-from lightalign.ppo.sampling import logprobs_from_logits, response_logits
 
 TINY = "lightalign:tiny-random"
 LETTERS = set("abcdefghijklmnopqrstuvwxyz")
@@ -33,16 +31,6 @@ def letter_fraction(texts: list[str], answers: list[str]) -> list[float]:
 
 
 REWARD = WeightedReward([RewardPart("letters", letter_fraction)])
-
-
-@pytest.fixture(scope="module")
-def sft_adapter(tmp_path_factory, tiny_model_dir) -> Path:
-    folder = tmp_path_factory.mktemp("grpo_sft")
-    torch.manual_seed(3)
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(folder)
-    return folder
 
 
 def build_policy(sft_adapter: Path | None):

@@ -20,7 +20,7 @@ from lightalign.models.roles import POLICY, REFERENCE, adapters_disabled, refere
 from lightalign.ppo.advantages import gae_advantages
 from lightalign.ppo.rewards import SharedBaseRewardModel, score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
-from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout, decode_answers
+from lightalign.ppo.rollout import Rollout, collect_rollout, decode_answers
 from lightalign.reward_model import score_sequences
 from lightalign.rl.masked import masked_mean, masked_var, masked_whiten
 from lightalign.rundir import StageRun
@@ -66,26 +66,6 @@ def letter_count(texts: list[str], answers: list[str]) -> list[float]:
 def prompts(tiny_tokenizer):
     kept, ids, _ = tokenize_prompts(tiny_tokenizer, load_prompt_examples("demo:sft", limit=4), max_length=200)
     return kept, ids
-
-
-def test_prompt_sampler_covers_every_prompt_per_pass_and_resumes():
-    sampler = PromptSampler(num_prompts=5, batch_size=2, seed=3)
-    batches = [sampler.next_batch() for _ in range(5)]  # 10 indices = two passes
-    assert sorted(sum(batches, [])[:5]) == list(range(5)) and sorted(sum(batches, [])[5:]) == list(range(5))
-    assert sum(batches, [])[:5] != sum(batches, [])[5:]  # each pass has its own order
-    state = sampler.state_dict()
-    expected = [sampler.next_batch() for _ in range(3)]
-    resumed = PromptSampler(num_prompts=5, batch_size=2, seed=3)
-    resumed.load_state_dict(state)
-    assert [resumed.next_batch() for _ in range(3)] == expected
-
-
-def test_prompt_sampler_refuses_a_checkpoint_of_other_data_in_one_line():
-    state = PromptSampler(num_prompts=5, batch_size=2, seed=3).state_dict()
-    with pytest.raises(ConfigError, match="sampled from 5 prompts, this run has 6") as error:
-        PromptSampler(num_prompts=6, batch_size=2, seed=3).load_state_dict(state)
-    message = str(error.value)
-    assert "same data" in message and "hydra.run.dir" in message and "\n" not in message
 
 
 def test_decode_answers_drops_the_stop_token_and_padding(tiny_tokenizer):

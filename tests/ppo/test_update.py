@@ -19,8 +19,9 @@ from lightalign.models.roles import POLICY, VALUE, parameters_by_adapter
 from lightalign.models.tiny import build_tiny_tokenizer
 from lightalign.ppo.losses import entropy_from_logits
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
-from lightalign.ppo.rollout import PromptSampler, Rollout, collect_rollout
+from lightalign.ppo.rollout import Rollout, collect_rollout
 from lightalign.ppo.update import ppo_update
+from lightalign.rl.prompts import PromptSampler
 
 TINY = "lightalign:tiny-random"
 COMPUTE = resolve_precision("auto").compute_dtype  # bf16 is emulated (slow) on CPUs without AVX-512

@@ -44,6 +44,48 @@ def reward_run(toy_rankings, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def check_policy_run():
+    """What an RL stage with its own loop (PPO, GRPO) leaves in its run directory after ``steps`` steps: the public
+    files, and a policy adapter that moved away from the SFT adapter it started from and loads on the 4-bit base."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from lightalign.models import Quantization, load_base_model
+
+    def check(out: Path, sft_adapter: Path, steps: int) -> None:
+        for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
+                     "metrics.json", "samples.jsonl", "sft_samples.jsonl", "config.yaml", "manifest.json",
+                     "logs/metrics.jsonl", f"checkpoints/checkpoint-{steps}/trainer_state.json"):
+            assert (out / name).is_file(), name
+        trained = load_file(out / "adapter" / "adapter_model.safetensors")
+        sft = load_file(sft_adapter / "adapter_model.safetensors")
+        assert trained.keys() == sft.keys()
+        assert any(not torch.equal(trained[k], sft[k]) for k in sft)
+        policy = PeftModel.from_pretrained(load_base_model("lightalign:tiny-random", Quantization()), out / "adapter")
+        assert policy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+    return check
+
+
+@pytest.fixture
+def judge_fails_once(monkeypatch):
+    """The demo judge scores every answer of its second batch NaN (a reward going bad mid-run); call the returned
+    function to make it judge normally again (the same command then resumes)."""
+    import lightalign.demo.judge as judge
+
+    calls = {"n": 0}
+    original = judge.GoldJudge.__call__
+
+    def nan_on_second_batch(self, prompts, answers):
+        calls["n"] += 1
+        return [float("nan")] * len(answers) if calls["n"] == 2 else original(self, prompts, answers)
+
+    monkeypatch.setattr(judge.GoldJudge, "__call__", nan_on_second_batch)
+    return lambda: monkeypatch.setattr(judge.GoldJudge, "__call__", original)
+
+
+@pytest.fixture
 def tensorboard_scalars():
     """Read back what ``trainer.report_to=tensorboard`` wrote for a run: ``{tag: [(step, value), ...]}``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

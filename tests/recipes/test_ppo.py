@@ -7,21 +7,13 @@ random LoRA adapter (what PPO does with it does not depend on how it was trained
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 
 from lightalign.cli import main as cli
-from lightalign.models import Quantization, load_base_model
 from lightalign.rl.checkpoint import load_loop_checkpoint
 from lightalign.rundir import LOG, read_log
 from lightalign.training import find_resume_checkpoint
@@ -38,29 +30,16 @@ UPDATE_METRICS = ("score", "kl", "non_score_reward", "total_reward", "entropy", 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def sft_adapter(tmp_path_factory, tiny_model_dir) -> Path:
-    folder = tmp_path_factory.mktemp("sft") / "adapter"
-    torch.manual_seed(7)
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(folder)
-    return folder
-
-
 def _adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter" / "adapter_model.safetensors")
 
 
-def test_lightalign_run_ppo_writes_the_run_dir(tmp_path, sft_adapter, reward_run):
+def test_lightalign_run_ppo_writes_the_run_dir(tmp_path, check_policy_run, sft_adapter, reward_run):
     out = tmp_path / "run"
     args = ["run", "ppo", *QUICK, "trainer.max_steps=2", "eval.num_prompts=2", f"hydra.run.dir={out}",
             f"ppo.sft_adapter={sft_adapter}", f"ppo.reward_model={reward_run}"]
     assert cli(args) == 0
-    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
-                 "metrics.json", "samples.jsonl", "sft_samples.jsonl", "config.yaml", "manifest.json",
-                 "logs/metrics.jsonl", "checkpoints/checkpoint-2/trainer_state.json"):
-        assert (out / name).is_file(), name
+    check_policy_run(out, sft_adapter, steps=2)  # the public files; the policy moved and loads
     metrics = json.loads((out / "metrics.json").read_text())
     # The names every stage shares (the pipeline report reads them); sft_* = the SFT model, the reference.
     for key in ("gold_score", "rm_score", "win_rate_rm", "win_rate_gold", "kl_to_sft", "sft_rm_score",
@@ -74,13 +53,6 @@ def test_lightalign_run_ppo_writes_the_run_dir(tmp_path, sft_adapter, reward_run
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and {"prompt", "response", "gold_score", "rm_score"} <= set(samples[0])
 
-    # The policy adapter moved away from the SFT adapter it started from, and loads on the 4-bit base.
-    trained, sft = _adapter(out), load_file(sft_adapter / "adapter_model.safetensors")
-    assert trained.keys() == sft.keys()
-    assert any(not torch.equal(trained[k], sft[k]) for k in sft)
-    policy = PeftModel.from_pretrained(load_base_model(TINY, Quantization()), out / "adapter")
-    assert policy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
-
 
 def _resume_args(out: Path, sft_adapter: Path, reward_run: Path) -> list[str]:
     # Adaptive β with a short horizon: β moves at every update, so a resume that lost it would show.
@@ -89,17 +61,11 @@ def _resume_args(out: Path, sft_adapter: Path, reward_run: Path) -> list[str]:
             f"ppo.reward_model={reward_run}", "ppo.kl_target=0.01", "ppo.kl_horizon=20"]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, sft_adapter, reward_run):
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, killed_after_a_checkpoint, sft_adapter,
+                                                        reward_run):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert cli(["run", "ppo", *_resume_args(full, sft_adapter, reward_run)]) == 0
-    command = [sys.executable, str(REPO / "recipes" / "ppo.py"), *_resume_args(killed, sft_adapter, reward_run)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while find_resume_checkpoint(killed) is None and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)  # after update 2 is saved, before the run ends
-    process.wait()
-    assert find_resume_checkpoint(killed) is not None and not (killed / "manifest.json").exists()
+    killed_after_a_checkpoint("ppo", _resume_args(killed, sft_adapter, reward_run), killed)
     capsys.readouterr()
     assert cli(["run", "ppo", *_resume_args(killed, sft_adapter, reward_run)]) == 0
     assert "resuming from" in capsys.readouterr().out
@@ -121,17 +87,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, sft_ad
     assert len(set(betas)) == 6 and betas == pytest.approx([r["kl_coef"] for r in full_rows], rel=1e-6)
 
 
-def test_non_finite_reward_stops_naming_the_update_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
-    import lightalign.demo.judge as judge
-
-    calls = {"n": 0}
-    original = judge.GoldJudge.__call__
-
-    def nan_on_second_batch(self, prompts, answers):
-        calls["n"] += 1
-        return [float("nan")] * len(answers) if calls["n"] == 2 else original(self, prompts, answers)
-
-    monkeypatch.setattr(judge.GoldJudge, "__call__", nan_on_second_batch)
+def test_non_finite_reward_stops_naming_the_update_and_keeps_the_checkpoint(tmp_path, capsys, judge_fails_once):
     out = tmp_path / "nan"
     args = ["run", "ppo", *QUICK, "reward=gold_judge", "trainer.max_steps=3", "trainer.save_steps=1",
             "eval.num_prompts=0", f"hydra.run.dir={out}"]
@@ -141,7 +97,7 @@ def test_non_finite_reward_stops_naming_the_update_and_keeps_the_checkpoint(tmp_
     assert "checkpoint-1" in err
     assert find_resume_checkpoint(out) == str(out / "checkpoints" / "checkpoint-1")
     assert not (out / "manifest.json").exists()
-    monkeypatch.setattr(judge.GoldJudge, "__call__", original)
+    judge_fails_once()  # judges normally again
     assert cli(args) == 0  # the same command resumes from update 1 and finishes
     assert "resuming from" in capsys.readouterr().out
 

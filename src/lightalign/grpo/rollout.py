@@ -23,11 +23,11 @@ from lightalign.grpo.advantages import Advantage, group_advantages, zero_spread_
 from lightalign.grpo.rewards import RewardScores, WeightedReward
 from lightalign.ppo.rollout import decode_answers
 from lightalign.ppo.sampling import logprobs_from_logits, response_logits, sample_responses
-from lightalign.rl.batches import select_rows
+from lightalign.rl.batches import AnswerBatch
 
 
 @dataclass
-class GroupBatch:
+class GroupBatch(AnswerBatch):
     """What the optimisation reads of one step's answers: ``N`` prompts × ``G`` answers, answer ``g`` of prompt
     ``i`` in row ``i·G + g``.
 
@@ -38,25 +38,9 @@ class GroupBatch:
     without a KL term.
     """
 
-    input_ids: Tensor
-    attention_mask: Tensor
-    response_start: int
-    mask: Tensor
     advantages: Tensor
     old_logprobs: Tensor | None
     ref_logprobs: Tensor | None
-
-    @property
-    def size(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def responses(self) -> Tensor:
-        return self.input_ids[:, self.response_start :]
-
-    def select(self, rows: Tensor) -> GroupBatch:
-        """The answers ``rows`` only, cut to their longest answer (:func:`~lightalign.rl.batches.select_rows`)."""
-        return select_rows(self, rows)
 
 
 @dataclass

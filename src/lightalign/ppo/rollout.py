@@ -4,9 +4,6 @@
 gradients: the policy samples and records its log-probs, the reference its log-probs, the value role its
 values, and the reward (a reward model or any callable) scores the decoded answers. The result, a
 :class:`Rollout`, is what :func:`lightalign.ppo.update.ppo_update` optimises on.
-
-:class:`PromptSampler` decides which prompts come next; its state (epoch, position) is checkpointed so a
-resumed run continues with the same prompts.
 """
 
 from __future__ import annotations
@@ -21,71 +18,16 @@ from transformers import PreTrainedTokenizerBase
 from lightalign.config.schema import PPOSettings
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
-from lightalign.errors import ConfigError
 from lightalign.generation import sample_and_score, stop_token_ids
 from lightalign.ppo.advantages import gae_advantages, paid_scores, per_token_rewards
 from lightalign.ppo.rewards import RewardFn, score_answers
 from lightalign.ppo.roles import SharedBaseRoles
-from lightalign.rl.batches import select_rows
+from lightalign.rl.batches import AnswerBatch
 from lightalign.rl.masked import masked_mean, masked_whiten
 
 
-class PromptSampler:
-    """Shuffled passes over ``num_prompts`` prompts, ``batch_size`` at a time; a batch may span two passes.
-
-    Each pass has its own permutation drawn from ``seed + epoch`` (not from the global RNG), so the order
-    depends only on the state ``(epoch, position)``, which :meth:`state_dict` saves.
-
-    Example:
-        >>> sampler = PromptSampler(num_prompts=3, batch_size=2, seed=0)
-        >>> len(sampler.next_batch()), len(sampler.next_batch()), sampler.epoch
-        (2, 2, 1)
-    """
-
-    def __init__(self, num_prompts: int, batch_size: int, seed: int = 0) -> None:
-        if num_prompts < 1 or batch_size < 1:
-            raise ValueError(f"need prompts and a batch size, got {num_prompts} prompts, batch size {batch_size}")
-        self.num_prompts = num_prompts
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        self.position = 0
-
-    def _order(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.num_prompts, generator=generator).tolist()
-
-    def next_batch(self) -> list[int]:
-        """Indices of the next ``batch_size`` prompts."""
-        indices: list[int] = []
-        while len(indices) < self.batch_size:
-            order = self._order()
-            take = order[self.position : self.position + self.batch_size - len(indices)]
-            indices += take
-            self.position += len(take)
-            if self.position >= self.num_prompts:
-                self.epoch, self.position = self.epoch + 1, 0
-        return indices
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "num_prompts": self.num_prompts}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue where ``state`` left off.
-
-        Raises:
-            ConfigError: the checkpoint sampled from another number of prompts (the data changed), so its
-                position would point at other prompts than the ones it had reached.
-        """
-        if state["num_prompts"] != self.num_prompts:
-            raise ConfigError(f"cannot resume: the checkpoint sampled from {state['num_prompts']} prompts, this run "
-                              f"has {self.num_prompts}; resume with the same data (data.train, data.limit, "
-                              f"data.max_length), or start afresh with a new hydra.run.dir")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
 @dataclass
-class Rollout:
+class Rollout(AnswerBatch):
     """One batch of sampled answers and everything PPO optimises on.
 
     ``input_ids``/``attention_mask`` are ``[B, P + T]`` (left-padded prompts, right-padded responses);
@@ -93,10 +35,6 @@ class Rollout:
     0 at padding. ``returns = advantages + values`` use the advantages *before* whitening.
     """
 
-    input_ids: Tensor
-    attention_mask: Tensor
-    response_start: int
-    mask: Tensor
     logprobs: Tensor
     ref_logprobs: Tensor
     values: Tensor
@@ -109,18 +47,6 @@ class Rollout:
     paid_scores: Tensor  # what the last token was paid: clipped, then penalised
     ended_with_eos: Tensor
     answers: list[str]
-
-    @property
-    def size(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def responses(self) -> Tensor:
-        return self.input_ids[:, self.response_start :]
-
-    def select(self, rows: Tensor) -> Rollout:
-        """The rollout of ``rows`` only, cut to their longest response (:func:`~lightalign.rl.batches.select_rows`)."""
-        return select_rows(self, rows)
 
     def stats(self) -> dict[str, float]:
         """Per-update metrics of the experience (sums over an answer's tokens, means over answers)."""

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, fields, replace
+from typing import Any, Self, TypeVar
 
 from torch import Tensor
 
 
-class AnswerBatch(Protocol):
-    """A dataclass of sampled answers: ``input_ids``/``attention_mask`` ``[B, P + T]`` (left-padded prompts, then
-    right-padded answers from column ``response_start``), ``mask`` ``[B, T]``; any other field is per answer."""
+@dataclass
+class AnswerBatch:
+    """Sampled answers after their prompts: ``input_ids``/``attention_mask`` ``[B, P + T]`` (left-padded prompts,
+    then right-padded answers from column ``response_start``) and ``mask`` ``[B, T]`` (1 for real answer tokens).
+
+    Stages extend it with what they optimise on (PPO's values and returns, GRPO's advantages per answer); any
+    added field is per answer: ``[B, T]``, ``[B]``, a list, or None.
+    """
 
     input_ids: Tensor
     attention_mask: Tensor
     response_start: int
     mask: Tensor
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def responses(self) -> Tensor:
+        return self.input_ids[:, self.response_start :]
+
+    def select(self, rows: Tensor) -> Self:
+        """The answers ``rows`` only, cut to their longest answer (:func:`select_rows`)."""
+        return select_rows(self, rows)
 
 
 Batch = TypeVar("Batch", bound=AnswerBatch)

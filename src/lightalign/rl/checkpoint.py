@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lightalign.atomic import build_folder_atomically, remove_leftovers
+from lightalign.rl.prompts import PromptSampler
 from lightalign.training import CHECKPOINT_PREFIX, CHECKPOINTS, TRAINER_STATE, complete_checkpoints
 
 
@@ -74,6 +75,15 @@ class LoopCheckpoint:
     def step(self) -> int:
         return int(self.state["step"])
 
+    def restore(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                sampler: PromptSampler) -> None:
+        """Put the optimiser, the schedule, the prompt order and every random generator back as they were; what
+        is trained (``trainable``) and the rest of ``state`` are the caller's to restore."""
+        optimizer.load_state_dict(self.optimizer)
+        scheduler.load_state_dict(self.scheduler)
+        sampler.load_state_dict(self.state["sampler"])
+        restore_rng_state(self.rng)
+
 
 def save_loop_checkpoint(
     output_dir: Path,
@@ -82,7 +92,8 @@ def save_loop_checkpoint(
     trainable: dict[str, Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    state: dict[str, Any],
+    sampler: PromptSampler,
+    state: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Path:
     """Write ``DIR/checkpoints/checkpoint-<step>`` atomically and keep only the newest ``keep`` (0: all).
@@ -91,8 +102,8 @@ def save_loop_checkpoint(
         output_dir: the run directory.
         step: the number of steps (PPO updates, GRPO steps) done.
         trainable: tensors to restore what is trained from.
-        optimizer, scheduler: saved through ``state_dict()``.
-        state: JSON-serialisable state (sampler position, KL controller ...); ``step`` is added.
+        optimizer, scheduler, sampler: saved through ``state_dict()``.
+        state: any other JSON-serialisable state (PPO's KL controller); ``step`` and ``sampler`` are added.
         keep: ``trainer.save_total_limit``.
 
     Returns:
@@ -108,7 +119,8 @@ def save_loop_checkpoint(
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         torch.save(capture_rng_state(), staging / "rng.pt")
         # Written last: its presence is what marks a checkpoint complete.
-        (staging / TRAINER_STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
+        everything = {**(state or {}), "sampler": sampler.state_dict(), "step": step}
+        (staging / TRAINER_STATE).write_text(json.dumps(everything, indent=2), encoding="utf-8")
 
     # replace=True: a rerun reaching the same update again replaces the old checkpoint with the new state
     final = build_folder_atomically(root / f"{CHECKPOINT_PREFIX}{step}", write, replace=True)
