@@ -36,7 +36,7 @@ from transformers import TrainingArguments, get_scheduler, set_seed
 from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
-from lightalign.errors import ConfigError, NonFiniteLossError, RewardError, report_errors
+from lightalign.errors import NonFiniteLossError, RewardError, report_errors
 from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks, untouched_rng
 from lightalign.eval.kl import ReferenceKL
 from lightalign.grpo.rewards import RewardPart, WeightedReward
@@ -88,14 +88,10 @@ def main(cfg: DictConfig) -> None:
     tokenizer = load_tokenizer(
         run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
     )
-    prompt_budget = run.data.max_length - grpo.max_new_tokens
-    if prompt_budget < 1:
-        raise ConfigError(f"data.max_length={run.data.max_length} leaves no room for prompts of answers of "
-                          f"grpo.max_new_tokens={grpo.max_new_tokens}")
     prompts, prompt_ids, prompt_report = tokenize_prompts(
         tokenizer,
         load_prompt_examples(run.data.train, split=run.data.split, limit=run.data.limit),
-        max_length=prompt_budget,
+        max_length=run.data.max_length - grpo.max_new_tokens,  # room for the answer (checked by the schema)
         overlong=run.data.overlong,
     )
     print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")

@@ -94,10 +94,12 @@ GOLD = {"fn": {"_target_": "lightalign.demo.GoldJudge"}}
         (lambda: GRPOStageConfig(rewards={"gold": {**GOLD, "weight": "high"}}), "rewards.gold.weight='high' is not"),
         (lambda: GRPOStageConfig(rewards={"gold": GOLD}, trainer=TrainerSettings(per_device_train_batch_size=5)),
          "32 answers per step must be a multiple of .* = 5"),
+        (lambda: GRPOStageConfig(rewards={"gold": GOLD}, data=DataSettings(train="x", max_length=48)),
+         "data.max_length=48 leaves no room for prompts of answers of grpo.max_new_tokens=48"),
     ],
     ids=["group-size", "beta", "temperature", "top-p", "clip", "eps", "iterations", "batch", "advantage",
          "aggregation", "kl-estimator", "rm-weight", "no-reward", "no-target", "weight-typo", "weight-type",
-         "minibatch"],
+         "minibatch", "no-room"],
 )
 def test_bad_grpo_settings_are_config_errors_naming_the_key(build, expected):
     with pytest.raises(ConfigError, match=expected):

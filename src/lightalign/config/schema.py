@@ -450,6 +450,9 @@ class GRPOStageConfig(StageConfig):
         if not self.rewards and not self.grpo.reward_model:
             raise ConfigError("GRPO has no reward: pick reward callables (rewards=correct, rewards=[correct,gold_judge]"
                               ") and/or a reward stage's model (grpo.reward_model=REWARD_RUN_DIR)")
+        if self.data.max_length - self.grpo.max_new_tokens < 1:
+            raise ConfigError(f"data.max_length={self.data.max_length} leaves no room for prompts of answers of "
+                              f"grpo.max_new_tokens={self.grpo.max_new_tokens}")
         answers = self.grpo.batch_size * self.grpo.group_size
         minibatch = self.trainer.per_device_train_batch_size * self.trainer.gradient_accumulation_steps
         if answers % minibatch:
