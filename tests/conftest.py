@@ -49,6 +49,29 @@ def sft_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     return folder
 
 
+@pytest.fixture(scope="session")
+def expressive_tiny(tmp_path_factory) -> Path:
+    """The tiny tokenizer on a tiny Llama initialised 10x wider than tiny-random (std 0.2, not 0.02).
+
+    tiny-random's logits are nearly uniform and a LoRA on its linear layers can barely move them; with
+    larger embeddings a rank-8 adapter can change what the model says within a few dozen updates.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lightalign.models.tiny import build_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("expressive_tiny")
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=0,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+                         initializer_range=0.2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def killed_after_a_checkpoint():
     """Run a recipe in a process of its own and SIGKILL it once its first checkpoint is complete, before it ends:

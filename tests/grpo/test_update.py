@@ -15,10 +15,12 @@ from lightalign.errors import NonFiniteLossError
 from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import GroupRollout, sample_groups
 from lightalign.grpo.update import grpo_update
-from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
+from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.adapters import upcast_trainable
 from lightalign.models.reference import load_policy, set_up_reference, use_reference
 from lightalign.ppo.roles import disable_dropout
+from lightalign.ppo.sampling import logprobs_from_logits, response_logits
+from lightalign.rl.prompts import PromptSampler
 
 TINY = "lightalign:tiny-random"
 LETTERS = set("abcdefghijklmnopqrstuvwxyz")
@@ -33,10 +35,10 @@ def letter_fraction(texts: list[str], answers: list[str]) -> list[float]:
 REWARD = WeightedReward([RewardPart("letters", letter_fraction)])
 
 
-def build_policy(sft_adapter: Path | None):
+def build_policy(sft_adapter: Path | None, model_name: str = TINY, lora: LoraSettings | None = None):
     """The recipe's model: the policy adapter on the 4-bit base, its reference, dropout off, fp32 adapters."""
-    base = load_base_model(TINY, Quantization(), compute_dtype=resolve_precision("auto").compute_dtype)
-    model, kind = load_policy(base, LoraSettings(r=4, alpha=8, dropout=0.1), sft_adapter=sft_adapter)
+    base = load_base_model(model_name, Quantization(), compute_dtype=resolve_precision("auto").compute_dtype)
+    model, kind = load_policy(base, lora or LoraSettings(r=4, alpha=8, dropout=0.1), sft_adapter=sft_adapter)
     set_up_reference(model, kind)
     disable_dropout(model)
     upcast_trainable(model)
@@ -156,3 +158,26 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tiny_tokenizer, sft_ada
         update(model, params, rollout, micro_batch_size=2)
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert all(p.grad is None for p in params)  # no half-accumulated gradient left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "dr_grpo"])
+def test_grpo_raises_a_programmatic_reward(expressive_tiny, advantage):
+    tokenizer = load_tokenizer(str(expressive_tiny))
+    model, params = build_policy(None, str(expressive_tiny), LoraSettings(r=8, alpha=16, dropout=0.0))
+    prompts, ids, _ = tokenize_prompts(tokenizer, load_prompt_examples("demo:sft", limit=32), max_length=200)
+    optimizer = torch.optim.AdamW(params, lr=5e-3)
+    sampler = PromptSampler(len(prompts), 4, seed=0)
+    torch.manual_seed(0)
+    rewards = []
+    for _ in range(20):
+        batch = sampler.next_batch()
+        rollout = sample_groups(model, tokenizer, [prompts[i] for i in batch], [ids[i] for i in batch], REWARD,
+                                group_size=G, max_new_tokens=6, temperature=1.0, advantage=advantage,
+                                reference=partial(use_reference, model), keep_old_logprobs=True)
+        update(model, params, rollout, optimizer, beta=0.01, max_new_tokens=6, num_iterations=2, minibatch_size=8,
+               micro_batch_size=8, aggregation="constant" if advantage == "dr_grpo" else "token")
+        rewards.append(rollout.stats()["reward"])
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    # seeded; measured 0.15 -> 0.73 (grpo), 0.13 -> 0.53 (rloo), 0.15 -> 0.62 (dr_grpo)
+    assert last > first + 0.2, rewards

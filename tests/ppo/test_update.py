@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import lightalign.ppo.rollout as rollout_module
 from lightalign.config.schema import PPOSettings
@@ -16,7 +15,6 @@ from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError
 from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.roles import POLICY, VALUE, parameters_by_adapter
-from lightalign.models.tiny import build_tiny_tokenizer
 from lightalign.ppo.losses import entropy_from_logits
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import Rollout, collect_rollout
@@ -161,25 +159,6 @@ def test_entropy_bonus_raises_the_entropy(expressive_tiny):
                        progress=False)
     assert stats["entropy"] == pytest.approx(before, rel=1e-5)  # logged: the entropy before the step
     assert policy_entropy(roles, rollout) > before + 1e-3
-
-
-@pytest.fixture(scope="module")
-def expressive_tiny(tmp_path_factory) -> Path:
-    """The tiny tokenizer on a tiny Llama initialised 10x wider than tiny-random (std 0.2, not 0.02).
-
-    tiny-random's logits are nearly uniform and a LoRA on its linear layers can barely move them; with
-    larger embeddings a rank-8 adapter can change what the model says within a few dozen updates.
-    """
-    folder = tmp_path_factory.mktemp("expressive_tiny")
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=0,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-                         initializer_range=0.2)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.slow
