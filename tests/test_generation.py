@@ -8,6 +8,7 @@ import torch
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.generation import (
+    decode_answers,
     logprobs_from_logits,
     position_ids_from_mask,
     sample_and_score,
@@ -97,3 +98,11 @@ def test_scoring_needs_a_temperature(policy, prompts, tiny_tokenizer):
     with pytest.raises(ValueError, match="temperature > 0"):
         sample_and_score(policy, prompts["input_ids"], prompts["attention_mask"], reference=policy.disable_adapter,
                          max_new_tokens=2, eos_token_id=2, pad_token_id=tiny_tokenizer.pad_token_id, temperature=0.0)
+
+
+def test_decode_answers_drops_the_stop_token_and_padding(tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token_id
+    hi = tiny_tokenizer("Hi", add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor([hi + [eos, eos], hi + hi])
+    mask = torch.tensor([[1] * len(hi) + [1, 0], [1] * (2 * len(hi))])
+    assert decode_answers(tiny_tokenizer, tokens, mask) == ["Hi", "HiHi"]

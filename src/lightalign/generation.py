@@ -164,15 +164,16 @@ class ScoredSamples:
     """Responses sampled from a policy, with their log-probs under the policy and under its reference.
 
     ``input_ids``/``attention_mask`` are ``[B, P + T]`` (left-padded prompts, right-padded responses);
-    ``logprobs``/``ref_logprobs`` are ``[B, T]``, meaningless at padding (mask with ``responses.mask``).
+    ``logprobs``/``ref_logprobs`` are ``[B, T]``, meaningless at padding (mask with ``responses.mask``), or None
+    when not asked for (GRPO without a KL term needs no reference; one pass over fresh samples needs no policy's).
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     response_start: int
     responses: GeneratedResponses
-    logprobs: Tensor
-    ref_logprobs: Tensor
+    logprobs: Tensor | None
+    ref_logprobs: Tensor | None
 
 
 @torch.no_grad()
@@ -181,7 +182,7 @@ def sample_and_score(
     prompt_ids: Tensor,
     prompt_mask: Tensor,
     *,
-    reference: Callable[[], AbstractContextManager],
+    reference: Callable[[], AbstractContextManager] | None,
     max_new_tokens: int,
     eos_token_id: int | Sequence[int],
     pad_token_id: int,
@@ -189,9 +190,10 @@ def sample_and_score(
     top_k: int = 0,
     top_p: float = 1.0,
     forward_batch_size: int = 8,
+    score_policy: bool = True,
 ) -> ScoredSamples:
     """Sample one response per prompt from ``model`` as it is (its active adapter), then score the responses
-    under it and under ``reference()``: the on-policy half that PPO's rollout and the KL eval share.
+    under it and under ``reference()``: the on-policy half that PPO's and GRPO's steps and the KL eval share.
 
     Both log-probs use ``logits / temperature`` at the sampling temperature, so that ``logprobs -
     ref_logprobs`` estimates the KL between the distributions that were sampled from and that PPO penalises.
@@ -200,8 +202,10 @@ def sample_and_score(
         model: the policy, in eval mode (no dropout), its adapter active.
         prompt_ids, prompt_mask: ``[B, P]`` left-padded prompts.
         reference: a context manager factory under which ``model`` is the reference (e.g.
-            ``partial(use_reference, model)``); the policy is scored first, then the reference.
+            ``partial(use_reference, model)``); the policy is scored first, then the reference. None: no
+            reference log-probs.
         forward_batch_size: rows per scoring forward pass (memory bound).
+        score_policy: False: no policy log-probs (``logprobs`` is None).
     """
     if temperature <= 0:
         raise ValueError(f"scoring samples needs a temperature > 0, got {temperature}")
@@ -223,13 +227,27 @@ def sample_and_score(
         ]
         return torch.cat(chunks)
 
-    logprobs = score()
-    with reference():
-        ref_logprobs = score()
+    logprobs = score() if score_policy else None
+    ref_logprobs = None
+    if reference is not None:
+        with reference():
+            ref_logprobs = score()
     return ScoredSamples(input_ids, attention_mask, start, responses, logprobs, ref_logprobs)
 
 
 # ---- answers as text ---------------------------------------------------------------------------------------------
+
+
+def decode_answers(tokenizer: PreTrainedTokenizerBase, tokens: Tensor, mask: Tensor) -> list[str]:
+    """Answer texts without their stop token and special tokens, stripped: what a judge or reward model reads."""
+    stops = set(stop_token_ids(tokenizer))
+    answers = []
+    for row, length in zip(tokens.tolist(), mask.sum(1).tolist(), strict=True):
+        ids = row[: int(length)]
+        if ids and ids[-1] in stops:
+            ids = ids[:-1]
+        answers.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return answers
 
 
 @dataclass

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightalign.ppo.sampling import logprobs_from_logits, response_logits
 
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError
+from lightalign.generation import logprobs_from_logits, response_logits
 from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import GroupRollout, sample_groups
 from lightalign.grpo.update import grpo_update
@@ -19,7 +19,6 @@ from lightalign.models import LoraSettings, Quantization, load_base_model, load_
 from lightalign.models.adapters import upcast_trainable
 from lightalign.models.reference import load_policy, set_up_reference, use_reference
 from lightalign.ppo.roles import disable_dropout
-from lightalign.ppo.sampling import logprobs_from_logits, response_logits
 from lightalign.rl.prompts import PromptSampler
 
 TINY = "lightalign:tiny-random"

@@ -20,7 +20,7 @@ from lightalign.models.roles import POLICY, REFERENCE, adapters_disabled, refere
 from lightalign.ppo.advantages import gae_advantages
 from lightalign.ppo.rewards import SharedBaseRewardModel, score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
-from lightalign.ppo.rollout import Rollout, collect_rollout, decode_answers
+from lightalign.ppo.rollout import Rollout, collect_rollout
 from lightalign.reward_model import score_sequences
 from lightalign.rl.masked import masked_mean, masked_var, masked_whiten
 from lightalign.rundir import StageRun
@@ -66,14 +66,6 @@ def letter_count(texts: list[str], answers: list[str]) -> list[float]:
 def prompts(tiny_tokenizer):
     kept, ids, _ = tokenize_prompts(tiny_tokenizer, load_prompt_examples("demo:sft", limit=4), max_length=200)
     return kept, ids
-
-
-def test_decode_answers_drops_the_stop_token_and_padding(tiny_tokenizer):
-    eos = tiny_tokenizer.eos_token_id
-    hi = tiny_tokenizer("Hi", add_special_tokens=False)["input_ids"]
-    tokens = torch.tensor([hi + [eos, eos], hi + hi])
-    mask = torch.tensor([[1] * len(hi) + [1, 0], [1] * (2 * len(hi))])
-    assert decode_answers(tiny_tokenizer, tokens, mask) == ["Hi", "HiHi"]
 
 
 def test_rollout_starts_with_policy_equal_to_reference(tiny_random_stages, tiny_tokenizer, prompts):

@@ -18,11 +18,9 @@ from transformers import PreTrainedTokenizerBase
 
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
-from lightalign.eval.generation import stop_token_ids
+from lightalign.generation import decode_answers, sample_and_score, stop_token_ids
 from lightalign.grpo.advantages import Advantage, group_advantages, zero_spread_fraction
 from lightalign.grpo.rewards import RewardScores, WeightedReward
-from lightalign.ppo.rollout import decode_answers
-from lightalign.ppo.sampling import logprobs_from_logits, response_logits, sample_responses
 from lightalign.rl.batches import AnswerBatch
 
 
@@ -67,16 +65,6 @@ class GroupRollout:
         }
 
 
-def _logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, start: int, temperature: float,
-              chunk: int) -> Tensor:
-    """Log-probs of the answer tokens under ``model`` as it is (its active adapter), ``chunk`` rows at a time."""
-    return torch.cat([
-        logprobs_from_logits(response_logits(model, input_ids[i : i + chunk], attention_mask[i : i + chunk], start,
-                                             temperature), input_ids[i : i + chunk, start:])
-        for i in range(0, input_ids.shape[0], chunk)
-    ])
-
-
 @torch.no_grad()
 def sample_groups(
     model: nn.Module,
@@ -118,26 +106,19 @@ def sample_groups(
     repeated = [ids for ids in prompt_ids for _ in range(group_size)]  # row i·G + g: answer g to prompt i
     batch = {k: v.to(device) for k, v in pad_prompts(repeated, tokenizer.pad_token_id).items()}
     model.eval()
-    sampled = sample_responses(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+    sampled = sample_and_score(model, batch["input_ids"], batch["attention_mask"], reference=reference,
+                               score_policy=keep_old_logprobs, max_new_tokens=max_new_tokens,
                                eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                               temperature=temperature, top_p=top_p)
-    start = batch["input_ids"].shape[1]
-    input_ids = torch.cat([batch["input_ids"], sampled.tokens], dim=1)
-    attention_mask = torch.cat([batch["attention_mask"], sampled.mask], dim=1)
-    old_logprobs = ref_logprobs = None
-    if keep_old_logprobs:
-        old_logprobs = _logprobs(model, input_ids, attention_mask, start, temperature, forward_batch_size)
-    if reference is not None:
-        with reference():
-            ref_logprobs = _logprobs(model, input_ids, attention_mask, start, temperature, forward_batch_size)
-
-    answers = decode_answers(tokenizer, sampled.tokens, sampled.mask)
+                               temperature=temperature, top_p=top_p, forward_batch_size=forward_batch_size)
+    responses = sampled.responses
+    answers = decode_answers(tokenizer, responses.tokens, responses.mask)
     rewards = reward.score([p.prompt for p in prompts for _ in range(group_size)], answers)
     advantages = group_advantages(torch.tensor(rewards.total), group_size, advantage, scale_eps).to(device)
     return GroupRollout(
-        batch=GroupBatch(input_ids, attention_mask, start, sampled.mask, advantages, old_logprobs, ref_logprobs),
+        batch=GroupBatch(sampled.input_ids, sampled.attention_mask, sampled.response_start, responses.mask,
+                         advantages, sampled.logprobs, sampled.ref_logprobs),
         group_size=group_size,
         answers=answers,
         rewards=rewards,
-        ended_with_eos=sampled.ended_with_eos,
+        ended_with_eos=responses.ended_with_eos,
     )

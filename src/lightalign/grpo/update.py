@@ -15,9 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lightalign.errors import NonFiniteLossError
+from lightalign.generation import logprobs_from_logits, response_logits
 from lightalign.grpo.losses import Aggregation, grpo_loss
 from lightalign.grpo.rollout import GroupBatch
-from lightalign.ppo.sampling import logprobs_from_logits, response_logits
 from lightalign.rl.objectives import KLEstimator
 
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from lightalign.config.schema import PPOSettings
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
-from lightalign.generation import sample_and_score, stop_token_ids
+from lightalign.generation import decode_answers, sample_and_score, stop_token_ids
 from lightalign.ppo.advantages import gae_advantages, paid_scores, per_token_rewards
 from lightalign.ppo.rewards import RewardFn, score_answers
 from lightalign.ppo.roles import SharedBaseRoles
@@ -61,18 +61,6 @@ class Rollout(AnswerBatch):
             "value_mean": masked_mean(self.values, self.mask).item(),
             "advantage_std": self.advantages[self.mask.bool()].std().item() if self.mask.sum() > 1 else 0.0,
         }
-
-
-def decode_answers(tokenizer: PreTrainedTokenizerBase, tokens: Tensor, mask: Tensor) -> list[str]:
-    """Answer texts without their stop token and special tokens, stripped: what a judge or reward model reads."""
-    stops = set(stop_token_ids(tokenizer))
-    answers = []
-    for row, length in zip(tokens.tolist(), mask.sum(1).tolist(), strict=True):
-        ids = row[: int(length)]
-        if ids and ids[-1] in stops:
-            ids = ids[:-1]
-        answers.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-    return answers
 
 
 @torch.no_grad()
