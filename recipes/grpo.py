@@ -177,6 +177,7 @@ def main(cfg: DictConfig) -> None:
                 reference=partial(use_reference, model) if grpo.beta > 0 else None,
                 # the policy moves before the last pass over these answers: keep what sampled them
                 keep_old_logprobs=grpo.num_iterations > 1 or minibatch < answers_per_step,
+                mask_truncated=grpo.mask_truncated,
                 forward_batch_size=trainer.per_device_train_batch_size,
             )
             sampled = time.perf_counter()

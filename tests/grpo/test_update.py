@@ -180,3 +180,17 @@ def test_grpo_raises_a_programmatic_reward(expressive_tiny, advantage):
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     # seeded; measured 0.15 -> 0.73 (grpo), 0.13 -> 0.53 (rloo), 0.15 -> 0.62 (dr_grpo)
     assert last > first + 0.2, rewards
+
+
+def test_answers_cut_off_at_max_new_tokens_can_be_left_out_of_the_loss(tiny_tokenizer, sft_adapter):
+    model, params = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer, mask_truncated=True)
+    cut = ~rollout.ended_with_eos
+    assert cut.any()  # 5 new tokens: a random model rarely stops that soon
+    assert (rollout.batch.mask[cut] == 0).all() and (rollout.batch.mask[~cut].sum(1) > 0).all()
+    assert rollout.stats()["answer_tokens"] == pytest.approx(rollout.answer_tokens.float().mean().item())
+    assert rollout.answer_tokens[cut].eq(5).all()  # still counted as answers of 5 tokens in the log
+    rollout.batch.advantages[~cut] = 0.0  # only the cut-off answers would push the policy, and they are masked
+    before = [p.detach().clone() for p in params]
+    update(model, params, rollout, beta=0.0, micro_batch_size=2)
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))

@@ -380,6 +380,7 @@ class GRPOOptions:
     beta: float = 0.04  # KL to the reference in the loss; 0 loads no reference
     kl_estimator: str = "k3"  # k3 (the GRPO paper) | k1
     num_iterations: int = 1  # optimisation passes over each batch of answers (μ in the GRPO paper)
+    mask_truncated: bool = False  # leave answers cut off at max_new_tokens out of the loss (DAPO)
 
     def __post_init__(self) -> None:
         if self.group_size < 2:

@@ -31,6 +31,8 @@ class GroupBatch(AnswerBatch):
 
     ``input_ids``/``attention_mask`` are ``[N·G, P + T]`` (left-padded prompts, right-padded answers from column
     ``response_start``); ``mask``, ``old_logprobs``, ``ref_logprobs`` ``[N·G, T]``; ``advantages`` ``[N·G]``.
+    ``mask`` marks the answer tokens the loss counts: every real token, or none of an answer cut off at
+    ``max_new_tokens`` when those are left out (``mask_truncated``).
     ``old_logprobs`` (the sampling policy's) is None when every answer is optimised on exactly once, before the
     policy moves: the ratio's denominator is then the new log-prob itself, detached. ``ref_logprobs`` is None
     without a KL term.
@@ -49,6 +51,7 @@ class GroupRollout:
     group_size: int
     answers: list[str]
     rewards: RewardScores
+    answer_tokens: Tensor  # [N·G] each answer's length, its stop token included
     ended_with_eos: Tensor
 
     def stats(self) -> dict[str, float]:
@@ -60,7 +63,7 @@ class GroupRollout:
             **self.rewards.means(),
             "reward_std": groups.std(dim=1).mean().item(),
             "zero_spread_fraction": zero_spread_fraction(total, self.group_size),
-            "answer_tokens": self.batch.mask.sum(1).float().mean().item(),
+            "answer_tokens": self.answer_tokens.float().mean().item(),
             "eos_fraction": self.ended_with_eos.float().mean().item(),
         }
 
@@ -81,6 +84,7 @@ def sample_groups(
     scale_eps: float = 1e-4,
     reference: Callable[[], AbstractContextManager] | None = None,
     keep_old_logprobs: bool = False,
+    mask_truncated: bool = False,
     forward_batch_size: int = 8,
 ) -> GroupRollout:
     """Sample ``group_size`` answers to each prompt from ``model`` (the policy, its adapter active), score them.
@@ -97,6 +101,10 @@ def sample_groups(
         reference: a context manager factory under which ``model`` is the reference; None: no KL term.
         keep_old_logprobs: score the answers under the sampling policy too (needed when the policy moves before
             the last optimisation step on them: several mini-batches, or several iterations).
+        mask_truncated: leave answers cut off at ``max_new_tokens`` (no stop token) out of the loss, though their
+            rewards still count in their group's baseline: a truncated answer is not the answer the model would
+            give, and reinforcing a right one teaches rambling past it (DAPO's overlong filtering, TRL's
+            ``mask_truncated_completions``).
         forward_batch_size: rows per scoring forward pass (memory bound).
 
     Raises:
@@ -114,11 +122,13 @@ def sample_groups(
     answers = decode_answers(tokenizer, responses.tokens, responses.mask)
     rewards = reward.score([p.prompt for p in prompts for _ in range(group_size)], answers)
     advantages = group_advantages(torch.tensor(rewards.total), group_size, advantage, scale_eps).to(device)
+    counted = responses.mask * responses.ended_with_eos.unsqueeze(1) if mask_truncated else responses.mask
     return GroupRollout(
-        batch=GroupBatch(sampled.input_ids, sampled.attention_mask, sampled.response_start, responses.mask,
-                         advantages, sampled.logprobs, sampled.ref_logprobs),
+        batch=GroupBatch(sampled.input_ids, sampled.attention_mask, sampled.response_start, counted, advantages,
+                         sampled.logprobs, sampled.ref_logprobs),
         group_size=group_size,
         answers=answers,
         rewards=rewards,
+        answer_tokens=responses.mask.sum(1),
         ended_with_eos=responses.ended_with_eos,
     )

@@ -44,7 +44,8 @@ def select_rows(batch: Batch, rows: Tensor) -> Batch:
     ``[B, P + T]`` fields keep the prompt columns and the answer columns up to that length, ``[B, T]`` fields
     the answer columns, ``[B]`` fields and lists their rows; ``None`` and every other value stay as they are.
     """
-    width = int(batch.mask[rows].sum(1).max().item())
+    # at least one column: a micro-batch whose every answer the loss leaves out still runs (and adds 0)
+    width = max(1, int(batch.mask[rows].sum(1).max().item()))
     columns = batch.response_start + width
     picked: dict[str, Any] = {}
     for item in fields(batch):  # type: ignore[arg-type]
