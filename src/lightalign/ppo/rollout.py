@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from lightalign.config.schema import PPOSettings
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
 from lightalign.generation import decode_answers, sample_and_score, stop_token_ids
+from lightalign.models.roles import use_reference
 from lightalign.ppo.advantages import gae_advantages, paid_scores, per_token_rewards
 from lightalign.ppo.rewards import RewardFn, score_answers
 from lightalign.ppo.roles import SharedBaseRoles
@@ -97,7 +99,7 @@ def collect_rollout(
         roles.activate_policy(),
         batch["input_ids"],
         batch["attention_mask"],
-        reference=roles._reference,
+        reference=partial(use_reference, roles.model),
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
