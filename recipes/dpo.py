@@ -31,11 +31,9 @@ from lightalign.eval import (
     EvalContext,
     EvalHookCallback,
     ImplicitRewardAccuracy,
-    ReferenceWinRate,
-    SampleAnswers,
+    reference_hooks,
     run_eval_hooks,
 )
-from lightalign.eval.kl import ReferenceKL
 from lightalign.models import resolve_precision
 from lightalign.models.roles import load_policy, save_policy, set_up_reference
 from lightalign.models.trained import ModelSource
@@ -90,16 +88,10 @@ def main(cfg: DictConfig) -> None:
         hooks.append(ImplicitRewardAccuracy(eval_rows, run.dpo.beta, tokenizer.pad_token_id,
                                             batch_size=run.eval.batch_size))
     if prompts:
-        samples = SampleAnswers(prompts, scorers, max_new_tokens=run.eval.max_new_tokens,
-                                batch_size=run.eval.batch_size)
-        # the reference's answers to the same prompts (sft_* metrics) and the policy's win rate against them
-        # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
-        reference_samples = sft.samples if sft else None
-        hooks.append(ReferenceWinRate(samples, reference_name=reference, reference_samples=reference_samples)
-                     if run.eval.evaluate_base else samples)
-        # how far the policy has moved from the reference: the same kl_to_sft as PPO reports
-        hooks.append(ReferenceKL(prompts, reference_name=reference, max_new_tokens=run.eval.max_new_tokens,
-                                 batch_size=run.eval.batch_size))
+        # the policy's answers against the reference's (sft_* metrics, win rates) and its KL to it (kl_to_sft)
+        hooks += reference_hooks(prompts, scorers, reference_name=reference, reference_samples=sft.samples if sft
+                                 else None, compare=run.eval.evaluate_base, max_new_tokens=run.eval.max_new_tokens,
+                                 batch_size=run.eval.batch_size)
 
     # ---- train -----------------------------------------------------------------------------------------
     args = build_trl_args(

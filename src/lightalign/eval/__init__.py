@@ -9,7 +9,7 @@ from lightalign.eval.hooks import (
     run_eval_hooks,
     untouched_rng,
 )
-from lightalign.eval.preference import ImplicitRewardAccuracy, PairwiseAccuracy, ReferenceWinRate
+from lightalign.eval.preference import ImplicitRewardAccuracy, PairwiseAccuracy, ReferenceWinRate, reference_hooks
 
 __all__ = [
     "EvalContext",
@@ -20,6 +20,7 @@ __all__ = [
     "PairwiseAccuracy",
     "ReferenceWinRate",
     "SampleAnswers",
+    "reference_hooks",
     "run_eval_hooks",
     "untouched_rng",
 ]

@@ -3,7 +3,8 @@
 - :class:`PairwiseAccuracy`: a reward model on held-out pairs;
 - :class:`ImplicitRewardAccuracy`: DPO's implicit reward ``β·(log π(y|x) - log π_ref(y|x))`` on held-out pairs;
 - :class:`ReferenceWinRate`: :class:`~lightalign.eval.hooks.SampleAnswers` run on the policy and on its
-  reference (the SFT model), with each scorer's win rate (reward model, gold judge), for DPO and PPO.
+  reference (the SFT model), with each scorer's win rate (reward model, gold judge), for DPO, PPO and GRPO;
+- :func:`reference_hooks`: those with the KL to the reference, the hooks every policy stage runs.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from transformers import PreTrainedModel
 from lightalign.data.collators import pad_lm
 from lightalign.data.preference import prompt_key
 from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
-from lightalign.data.types import PreferencePair
-from lightalign.eval.hooks import EvalContext, SampleAnswers, eval_desc
+from lightalign.data.types import PreferencePair, PromptOnly
+from lightalign.eval.hooks import EvalContext, EvalHook, SampleAnswers, ScoreFn, eval_desc
+from lightalign.eval.kl import ReferenceKL
 from lightalign.generation import logprobs_from_logits
 from lightalign.models.modes import eval_mode
 from lightalign.models.roles import use_reference
@@ -185,3 +187,29 @@ class ReferenceWinRate:
                     for a, b in zip(policy, reference, strict=True)]
             metrics[f"win_rate_{scorer}"] = _mean(wins)
         return metrics
+
+
+def reference_hooks(
+    prompts: list[PromptOnly],
+    scorers: dict[str, ScoreFn],
+    *,
+    reference_name: str,
+    reference_samples: Path | None = None,
+    compare: bool = True,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+) -> list[EvalHook]:
+    """What a stage that trains a policy against a reference (DPO, PPO, GRPO) evaluates on fixed prompts.
+
+    The policy's greedy answers scored by each scorer (:class:`~lightalign.eval.hooks.SampleAnswers`); with
+    ``compare``, the reference's answers too (``{reference_name}_*`` metrics, its ``samples.jsonl`` reused from
+    ``reference_samples`` when it answered the same prompts) and the policy's win rates against them
+    (:class:`ReferenceWinRate`); and how far the policy has moved from the reference, ``kl_to_{reference_name}``
+    on answers sampled at ``temperature`` (:class:`~lightalign.eval.kl.ReferenceKL`).
+    """
+    samples = SampleAnswers(prompts, scorers, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answers = ReferenceWinRate(samples, reference_name, reference_samples=reference_samples) if compare else samples
+    kl = ReferenceKL(prompts, reference_name=reference_name, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     temperature=temperature)
+    return [answers, kl]
