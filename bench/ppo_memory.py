@@ -66,7 +66,8 @@ class SeparateRoles:
         from peft import PeftModel
 
         from lightalign.models import load_base_model, resolve_precision
-        from lightalign.ppo.roles import disable_dropout, load_score_head
+        from lightalign.models.modes import disable_dropout
+        from lightalign.reward_model import load_score_head
 
         compute = resolve_precision("auto").compute_dtype
 
@@ -139,10 +140,10 @@ def run_variant(variant: str, model_name: str, sft: Path, reward: Path, rollouts
     from lightalign.data import load_prompt_examples
     from lightalign.data.tokenize import tokenize_prompts
     from lightalign.models import Quantization, load_base_model, load_tokenizer, resolve_precision
-    from lightalign.ppo.rewards import SharedBaseRewardModel
     from lightalign.ppo.roles import load_shared_base_roles
     from lightalign.ppo.rollout import collect_rollout
     from lightalign.ppo.update import ppo_update
+    from lightalign.reward_model import SharedBaseRewardModel
 
     import_mb = peak_rss_mb()
     torch.manual_seed(0)

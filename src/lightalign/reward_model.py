@@ -2,30 +2,42 @@
 
 A reward stage's run directory holds the LoRA adapter *and* the trained ``score`` head (``DIR/adapter/``,
 saved through ``modules_to_save``) and the config it was trained with (``DIR/config.yaml``): loading puts the
-same base model, quantisation and chat template back together. PPO and the eval hooks score answers with it::
+same base model, quantisation and chat template back together. The eval hooks score answers with it::
 
     reward = RewardModel.load("outputs/reward/run")
     reward.score(["What is 7 + 5?"], ["12."])                       # prompts: strings or message lists
     reward(["What is 7 + 5?"], ["12."])                             # the same: a ScoreFn for SampleAnswers
+
+A stage that trains a policy (PPO, GRPO) runs the reward model on the policy's own base instead, as one more
+adapter (:class:`RewardRole`) scored by :class:`SharedBaseRewardModel`: no second copy of the base.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from peft import PeftModel
+from peft.utils import load_peft_weights
+from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightalign.data.collators import pad_sequences
 from lightalign.data.tokenize import encode_exchange, keep_last
 from lightalign.data.types import Message
+from lightalign.errors import ConfigError
+from lightalign.generation import position_ids_from_mask
 from lightalign.models.modes import eval_mode
-from lightalign.models.score_position import score_pad_token_id
+from lightalign.models.roles import POLICY, REWARD, activate, use_adapter
+from lightalign.models.score_position import score_pad_token_id, scored_positions
 from lightalign.models.trained import ModelSource, load_model_source
 from lightalign.rundir import StageRun
 
 Prompt = str | list[Message]
+# Keys of a PEFT SEQ_CLS adapter that hold the classification head (saved via modules_to_save=["score"]).
+_HEAD_SUFFIXES = ("score.weight", "score.bias")
 
 
 @torch.no_grad()
@@ -55,11 +67,8 @@ class RewardModel:
     """A reward model (base + LoRA adapter + score head) that scores answers to prompts.
 
     Sequences longer than ``max_length`` keep their last ``max_length`` tokens, as in training; how many were
-    cut is counted in ``truncated``. A scorer that reads whole message lists (``accepts_messages``): a reward
-    callable's users (PPO, GRPO) pass each prompt's dialogue, not only its last user turn.
+    cut is counted in ``truncated``.
     """
-
-    accepts_messages = True
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int = 512,
                  batch_size: int = 8) -> None:
@@ -95,3 +104,141 @@ class RewardModel:
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         return self.score(prompts, responses)
+
+
+# ---- the reward model on a shared base ------------------------------------------------------------------------
+
+
+def load_score_head(adapter_dir: str | Path) -> nn.Linear:
+    """Read the scalar ``score`` head out of a saved PEFT SEQ_CLS adapter (reward model) as a Linear.
+
+    Raises:
+        ConfigError: the adapter has no ``score`` weights (trained without ``modules_to_save=["score"]``,
+            so its head was random and was not saved) or a head with more than one output.
+    """
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    head = {key.rsplit(".", 1)[1]: value for key, value in weights.items() if key.endswith(_HEAD_SUFFIXES)}
+    if "weight" not in head:
+        raise ConfigError(
+            f"{adapter_dir}: the reward adapter holds no 'score' head weights; train the reward model as a "
+            "SEQ_CLS LoRA with modules_to_save=['score']"
+        )
+    out_features, in_features = head["weight"].shape
+    if out_features != 1:
+        raise ConfigError(f"{adapter_dir}: the reward head has {out_features} outputs, expected 1")
+    layer = nn.Linear(in_features, 1, bias="bias" in head)
+    layer.load_state_dict(head)
+    return layer
+
+
+def load_trunk_adapter(model: PeftModel, folder: Path, adapter_name: str, *, trainable: bool) -> None:
+    """Load a SEQ_CLS adapter's LoRA weights onto the causal LM; its ``score`` head is read separately."""
+    result = model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=trainable)
+    # The causal LM has no `score` module, so PEFT reports the head as unexpected; anything else
+    # unexpected or missing means the adapter does not fit this base model.
+    unexpected = [key for key in result.unexpected_keys if not key.endswith(_HEAD_SUFFIXES)]
+    missing = [key for key in result.missing_keys if f".{adapter_name}." in key]
+    if unexpected or missing:
+        raise ConfigError(
+            f"{folder}: adapter does not fit the base model (unexpected {unexpected[:3]}, missing {missing[:3]})"
+        )
+
+
+def last_hidden_states(model: PeftModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The transformer body's last hidden states ``[B, L, H]`` (no LM head) under the active adapter, positions
+    from the mask as ``generate`` computes them (left padding skipped)."""
+    decoder = model.get_base_model().get_decoder()  # model.model for Llama/Qwen2
+    output = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return output.last_hidden_state
+
+
+class RewardRole:
+    """A reward stage's model as the :data:`~lightalign.models.roles.REWARD` adapter of a shared base plus its
+    ``score`` head (frozen, fp32): ``RewardRole.attach(model, StageRun.open(dir).adapter_dir)``.
+
+    Args:
+        model: the PEFT model holding the reward adapter.
+        head: the reward model's ``Linear(hidden, 1)``.
+        pad_token_id: the pad id the head pooled with in training
+            (:func:`~lightalign.models.score_position.score_pad_token_id`).
+    """
+
+    def __init__(self, model: PeftModel, head: nn.Linear, pad_token_id: int) -> None:
+        self.model = model
+        self.head = head.requires_grad_(False)
+        self.pad_token_id = pad_token_id
+
+    @classmethod
+    def attach(cls, model: PeftModel, adapter_dir: str | Path) -> RewardRole:
+        """Load a reward stage's adapter (trained on this base) onto ``model`` as a frozen role; the policy stays
+        active."""
+        head = load_score_head(adapter_dir)
+        load_trunk_adapter(model, Path(adapter_dir), REWARD, trainable=False)
+        activate(model, POLICY)  # and the trainability rule: the reward adapter stays frozen
+        device = model.get_input_embeddings().weight.device
+        return cls(model, head.to(device=device, dtype=torch.float32), score_pad_token_id(model.config))
+
+    @torch.no_grad()
+    def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Reward model score of each full sequence ``[B]`` (no grad), read where the reward model was trained
+        to read it (:func:`~lightalign.models.score_position.scored_positions`, with ``self.pad_token_id``).
+
+        Puts the model back as it found it (active adapter, adapters disabled or not), so it can score answers
+        in the middle of an evaluation of another role.
+        """
+        with use_adapter(self.model, REWARD):
+            hidden = last_hidden_states(self.model, input_ids, attention_mask)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        last = hidden[rows, scored_positions(input_ids, attention_mask, self.pad_token_id)]
+        return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
+
+
+class RewardScorer(Protocol):
+    """What :class:`SharedBaseRewardModel` scores with: a :class:`RewardRole`, or PPO's ``SharedBaseRoles``."""
+
+    model: PeftModel
+    pad_token_id: int | None
+
+    def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+
+class SharedBaseRewardModel:
+    """The reward stage's model as a scorer, running as the ``reward`` role of a shared base (``scorer``: a
+    :class:`RewardRole`, or PPO's ``SharedBaseRoles``).
+
+    Answers are rendered exactly as in reward training (chat template, last ``max_length`` tokens kept),
+    padded with the id the head pooled with and scored where it read them in training
+    (:mod:`lightalign.models.score_position`), whatever the tokenizer's pad token. Usable as a ``ScoreFn``
+    by eval hooks: scoring leaves the model's active adapter as it found it.
+
+    Example::
+
+        reward = SharedBaseRewardModel(RewardRole.attach(policy_model, reward_dir), tokenizer)
+        reward(["What is 7 + 5?"], ["12."])   # -> [1.83]
+    """
+
+    accepts_messages = True
+
+    def __init__(
+        self, scorer: RewardScorer, tokenizer: PreTrainedTokenizerBase, *, max_length: int = 512, batch_size: int = 8
+    ) -> None:
+        self.scorer = scorer
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    def __call__(self, prompts: Sequence[str | list[Message]], responses: Sequence[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        sequences = [
+            keep_last(encode_exchange(self.tokenizer, as_messages(p), r), self.max_length)
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        device = next(self.scorer.model.parameters()).device
+        scores: list[float] = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = pad_sequences(sequences[start : start + self.batch_size], self.scorer.pad_token_id)
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            scores += self.scorer.reward_scores(ids, mask).tolist()
+        return scores

@@ -16,9 +16,8 @@ from lightalign.data.tokenize import encode_exchange
 from lightalign.models import LoraSettings, load_base_model, load_tokenizer
 from lightalign.models.score_position import score_pad_token_id, scored_positions
 from lightalign.models.tiny import build_tiny_tokenizer
-from lightalign.ppo.rewards import SharedBaseRewardModel
 from lightalign.ppo.roles import load_shared_base_roles
-from lightalign.reward_model import RewardModel
+from lightalign.reward_model import RewardModel, SharedBaseRewardModel
 from lightalign.trainers import RankedRewardTrainer
 
 # ChatML without the newline after each turn: a rendered exchange ends with <|im_end|>, the EOS.

@@ -18,7 +18,8 @@ from lightalign.generation import logprobs_from_logits
 from lightalign.models.loading import keep_4bit_layers_differentiable
 from lightalign.models.roles import POLICY, REFERENCE, REWARD, VALUE, save_policy
 from lightalign.ppo.losses import policy_loss, value_loss
-from lightalign.ppo.roles import SharedBaseRoles, load_score_head, load_shared_base_roles
+from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
+from lightalign.reward_model import load_score_head
 
 PAD_ID, EOS_ID = 0, 2
 

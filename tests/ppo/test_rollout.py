@@ -18,10 +18,10 @@ from lightalign.generation import logprobs_from_logits, position_ids_from_mask
 from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
 from lightalign.models.roles import POLICY, REFERENCE, adapters_disabled, reference_kind
 from lightalign.ppo.advantages import gae_advantages
-from lightalign.ppo.rewards import SharedBaseRewardModel, score_answers
+from lightalign.ppo.rewards import score_answers
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import Rollout, collect_rollout
-from lightalign.reward_model import score_sequences
+from lightalign.reward_model import SharedBaseRewardModel, score_sequences
 from lightalign.rl.masked import masked_mean, masked_var, masked_whiten
 from lightalign.rundir import StageRun
 

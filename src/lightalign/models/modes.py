@@ -1,4 +1,4 @@
-"""A model's train/eval mode, switched for a block and put back after it."""
+"""A model's train/eval mode, switched for a block and put back after it; dropout switched off for good."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
+from transformers import PretrainedConfig
 
 
 @contextmanager
@@ -29,3 +30,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Switch every dropout off: PPO and GRPO need the same log-probs in the update as when they sampled.
+
+    ``nn.Dropout`` modules (LoRA's included) get ``p = 0``; attention dropout, which Llama, Qwen2 and most
+    transformers models apply functionally in training mode from a float ``attention_dropout`` attribute
+    of each attention layer (copied from ``config.attention_dropout``), is set to 0 there and in the configs.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig) and getattr(config, "attention_dropout", None):
+            config.attention_dropout = 0.0

@@ -42,8 +42,8 @@ from typing import Literal
 
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import ModulesToSaveWrapper
-from torch import nn
+from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from lightalign.config.schema import LoraSettings
@@ -230,6 +230,24 @@ def parameters_by_adapter(model: nn.Module) -> dict[str, list[nn.Parameter]]:
                 params = [item] if isinstance(item, nn.Parameter) else list(item.parameters())
                 groups.setdefault(adapter, []).extend(params)
     return groups
+
+
+def adapter_weights(model: PeftModel, adapter: str) -> dict[str, Tensor]:
+    """A copy of one adapter's weights (PEFT's keys, without the adapter name): what a resumable checkpoint keeps."""
+    weights = get_peft_model_state_dict(model, adapter_name=adapter)
+    return {key: value.detach().clone() for key, value in weights.items()}
+
+
+def load_adapter_weights(model: PeftModel, adapter: str, weights: dict[str, Tensor]) -> None:
+    """Put back what :func:`adapter_weights` copied, strictly.
+
+    Raises:
+        KeyError: ``weights`` is empty or lacks some of the adapter's weights (a checkpoint of another adapter).
+    """
+    result = set_peft_model_state_dict(model, weights, adapter_name=adapter)
+    missing = [key for key in result.missing_keys if f".{adapter}." in key]
+    if not weights or missing:
+        raise KeyError(f"the checkpoint lacks weights of adapter {adapter!r}: {missing[:3]}")
 
 
 def save_policy(model: PeftModel, folder: str | Path) -> Path:

@@ -39,76 +39,36 @@ from typing import Literal
 
 import torch
 from peft import PeftModel
-from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from torch import Tensor, nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lightalign.config.schema import LoraSettings
 from lightalign.errors import ConfigError
 from lightalign.generation import (
     GeneratedResponses,
     logprobs_from_logits,
-    position_ids_from_mask,
     response_logits,
     sample_responses,
 )
 from lightalign.models.adapters import build_lora_config, upcast_trainable
+from lightalign.models.modes import disable_dropout
 from lightalign.models.roles import (
     POLICY,
     REWARD,
     VALUE,
     ReferenceKind,
     activate,
+    adapter_weights,
+    load_adapter_weights,
     load_policy_and_reference,
     parameters_by_adapter,
-    use_adapter,
     use_reference,
 )
-from lightalign.models.score_position import score_pad_token_id, scored_positions
+from lightalign.models.score_position import score_pad_token_id
+from lightalign.reward_model import RewardRole, last_hidden_states, load_score_head, load_trunk_adapter
 
 # Checkpoint key prefix (the role) -> adapter name.
 _CHECKPOINTED = {"policy": POLICY, "value": VALUE}
-# Keys of a PEFT SEQ_CLS adapter that hold the classification head (saved via modules_to_save=["score"]).
-_HEAD_SUFFIXES = ("score.weight", "score.bias")
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Switch every dropout off: PPO needs the same log-probs in the update as in the rollout.
-
-    ``nn.Dropout`` modules (LoRA's included) get ``p = 0``; attention dropout, which Llama, Qwen2 and most
-    transformers models apply functionally in training mode from a float ``attention_dropout`` attribute
-    of each attention layer (copied from ``config.attention_dropout``), is set to 0 there and in the configs.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-        config = getattr(module, "config", None)
-        if isinstance(config, PretrainedConfig) and getattr(config, "attention_dropout", None):
-            config.attention_dropout = 0.0
-
-
-def load_score_head(adapter_dir: str | Path) -> nn.Linear:
-    """Read the scalar ``score`` head out of a saved PEFT SEQ_CLS adapter (reward model) as a Linear.
-
-    Raises:
-        ConfigError: the adapter has no ``score`` weights (trained without ``modules_to_save=["score"]``,
-            so its head was random and was not saved) or a head with more than one output.
-    """
-    weights = load_peft_weights(str(adapter_dir), device="cpu")
-    head = {key.rsplit(".", 1)[1]: value for key, value in weights.items() if key.endswith(_HEAD_SUFFIXES)}
-    if "weight" not in head:
-        raise ConfigError(
-            f"{adapter_dir}: the reward adapter holds no 'score' head weights; train the reward model as a "
-            "SEQ_CLS LoRA with modules_to_save=['score']"
-        )
-    out_features, in_features = head["weight"].shape
-    if out_features != 1:
-        raise ConfigError(f"{adapter_dir}: the reward head has {out_features} outputs, expected 1")
-    layer = nn.Linear(in_features, 1, bias="bias" in head)
-    layer.load_state_dict(head)
-    return layer
 
 
 def new_value_head(hidden_size: int) -> nn.Linear:
@@ -153,11 +113,10 @@ class SharedBaseRoles:
         self.value_head = value_head
         self.reward_head = reward_head
         self.pad_token_id = pad_token_id
+        self.reward = RewardRole(model, reward_head, pad_token_id) if reward_head is not None else None
         adapter_params = parameters_by_adapter(model)
         self._trainable = adapter_params[POLICY] + adapter_params[VALUE] + list(value_head.parameters())
         disable_dropout(model)
-        if self.reward_head is not None:
-            self.reward_head.requires_grad_(False)
         self.value_head.requires_grad_(True)
         activate(model, POLICY)
 
@@ -167,25 +126,12 @@ class SharedBaseRoles:
 
     # ------------------------------------------------------------------------------------------ forward
 
-    def _decoder(self) -> nn.Module:
-        # The transformer body (model.model for Llama/Qwen2): hidden states without the LM head.
-        return self.model.get_base_model().get_decoder()
-
     def _response_logits(
         self, input_ids: Tensor, attention_mask: Tensor, response_start: int, temperature: float
     ) -> Tensor:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         return response_logits(self.model, input_ids, attention_mask, response_start, temperature)
-
-    def _hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        output = self._decoder()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        )
-        return output.last_hidden_state
 
     def policy_logits(
         self, input_ids: Tensor, attention_mask: Tensor, response_start: int, *, temperature: float
@@ -228,24 +174,15 @@ class SharedBaseRoles:
     def values(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
         """Value of the state before each response token ``[B, T]`` (with grad; wrap in no_grad at rollout)."""
         activate(self.model, VALUE)
-        hidden = self._hidden_states(input_ids, attention_mask)[:, response_start - 1 : -1]
+        hidden = last_hidden_states(self.model, input_ids, attention_mask)[:, response_start - 1 : -1]
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
-    @torch.no_grad()
     def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Reward model score of each full sequence ``[B]`` (no grad), read where the reward model was trained
-        to read it (:func:`~lightalign.models.score_position.scored_positions`, with ``self.pad_token_id``).
-
-        Unlike the other roles this one puts the model back as it found it (active adapter, adapters
-        disabled or not), so it can score answers in the middle of an evaluation of another role.
-        """
-        if self.reward_head is None:
+        """Reward model score of each full sequence ``[B]`` (:meth:`lightalign.reward_model.RewardRole.reward_scores`:
+        no grad, the model put back as it was found)."""
+        if self.reward is None:
             raise ConfigError("no reward adapter was loaded: score with the reward callable instead")
-        with use_adapter(self.model, REWARD):
-            hidden = self._hidden_states(input_ids, attention_mask)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        last = hidden[rows, scored_positions(input_ids, attention_mask, self.pad_token_id)]
-        return self.reward_head(last.to(self.reward_head.weight.dtype)).squeeze(-1)
+        return self.reward.reward_scores(input_ids, attention_mask)
 
     def activate_policy(self) -> PeftModel:
         """Make the policy the active adapter (e.g. before evaluating ``self.model``) and return the model."""
@@ -292,8 +229,7 @@ class SharedBaseRoles:
         """
         state: dict[str, Tensor] = {}
         for role, adapter in _CHECKPOINTED.items():
-            for key, value in get_peft_model_state_dict(self.model, adapter_name=adapter).items():
-                state[f"{role}/{key}"] = value.detach().clone()
+            state.update({f"{role}/{key}": value for key, value in adapter_weights(self.model, adapter).items()})
         for key, value in self.value_head.state_dict().items():
             state[f"value_head/{key}"] = value.detach().clone()
         return state
@@ -302,11 +238,8 @@ class SharedBaseRoles:
         """Restore what :meth:`trainable_state_dict` saved (strict: a missing key raises)."""
         for role, adapter in _CHECKPOINTED.items():
             prefix = f"{role}/"
-            weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            result = set_peft_model_state_dict(self.model, weights, adapter_name=adapter)
-            missing = [k for k in result.missing_keys if f".{adapter}." in k]
-            if not weights or missing:
-                raise KeyError(f"checkpoint lacks weights of the {role} adapter: {missing[:3]}")
+            load_adapter_weights(self.model, adapter, {k[len(prefix) :]: v for k, v in state.items()
+                                                       if k.startswith(prefix)})
         head = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("value_head/")}
         self.value_head.load_state_dict(head)
 
@@ -361,9 +294,9 @@ def load_shared_base_roles(
     reward_head: nn.Linear | None = None
     if reward_adapter_dir is not None:
         reward_head = load_score_head(reward_adapter_dir)
-        _load_trunk_adapter(model, Path(reward_adapter_dir), REWARD, trainable=False)
+        load_trunk_adapter(model, Path(reward_adapter_dir), REWARD, trainable=False)
     if value_init == "reward":
-        _load_trunk_adapter(model, Path(reward_adapter_dir), VALUE, trainable=True)
+        load_trunk_adapter(model, Path(reward_adapter_dir), VALUE, trainable=True)
         value_head = copy.deepcopy(reward_head)
     else:
         config = build_lora_config(lora) if lora is not None else copy.deepcopy(model.peft_config[POLICY])
@@ -385,16 +318,3 @@ def load_shared_base_roles(
     # steps away and a resumed run would diverge from an uninterrupted one.
     upcast_trainable(roles.model)
     return roles
-
-
-def _load_trunk_adapter(model: PeftModel, folder: Path, adapter_name: str, *, trainable: bool) -> None:
-    """Load a SEQ_CLS adapter's LoRA weights onto the causal LM; its ``score`` head is read separately."""
-    result = model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=trainable)
-    # The causal LM has no `score` module, so PEFT reports the head as unexpected; anything else
-    # unexpected or missing means the adapter does not fit this base model.
-    unexpected = [key for key in result.unexpected_keys if not key.endswith(_HEAD_SUFFIXES)]
-    missing = [key for key in result.missing_keys if f".{adapter_name}." in key]
-    if unexpected or missing:
-        raise ConfigError(
-            f"{folder}: adapter does not fit the base model (unexpected {unexpected[:3]}, missing {missing[:3]})"
-        )
