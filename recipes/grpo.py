@@ -28,45 +28,34 @@ from functools import partial
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
-from transformers import TrainingArguments, get_scheduler, set_seed
+from transformers import TrainingArguments, get_scheduler
 
 from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError, RewardError, report_errors
-from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks, untouched_rng
-from lightalign.eval.kl import ReferenceKL
+from lightalign.eval import EvalContext, reference_hooks, run_eval_hooks, untouched_rng
 from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import sample_groups
 from lightalign.grpo.update import grpo_update
-from lightalign.models import load_base_model, load_tokenizer, resolve_precision
-from lightalign.models.adapters import upcast_trainable
-from lightalign.models.reference import (
-    POLICY_ADAPTER,
-    load_policy,
-    resolve_adapter_dir,
-    set_up_reference,
+from lightalign.models import resolve_precision
+from lightalign.models.modes import disable_dropout
+from lightalign.models.roles import (
+    POLICY,
+    adapter_weights,
+    load_adapter_weights,
+    load_policy_and_reference,
+    save_policy,
     use_reference,
 )
-from lightalign.ppo.roles import disable_dropout
-from lightalign.reward_model import RewardModel
+from lightalign.models.trained import ModelSource
+from lightalign.reward_model import RewardRole, SharedBaseRewardModel
 from lightalign.rl.checkpoint import load_loop_checkpoint, save_loop_checkpoint
 from lightalign.rl.prompts import PromptSampler
-from lightalign.rundir import (
-    ADAPTER,
-    LOG,
-    append_log,
-    means_at_both_ends,
-    read_log,
-    stage_samples,
-    trim_log,
-    write_manifest,
-    write_metrics,
-)
-from lightalign.stage import run_directory, save_config
+from lightalign.rundir import ADAPTER, LOG, StageRun, append_log, means_at_both_ends, read_log, trim_log
+from lightalign.stage import finish_stage, start_stage
 from lightalign.trackers import TrackerLog, trl_report_to
 from lightalign.training import build_trl_args, find_resume_checkpoint
 
@@ -76,18 +65,18 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="grpo")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    run = OmegaConf.to_object(cfg)  # typed and checked: G >= 2, beta >= 0, reward parts, mini-batch size ...
-    out = run_directory()
-    config_hash = save_config(cfg, out)
-    set_seed(run.trainer.seed)
+    run, out, config_hash = start_stage(cfg)  # typed and checked: G >= 2, beta >= 0, reward parts, mini-batch ...
     precision = resolve_precision(run.trainer.precision)
+    source = ModelSource.of_settings(run.model, run.quant, run.trainer.precision)  # the base model
     grpo, trainer = run.grpo, run.trainer
-    sft_dir = resolve_adapter_dir(grpo.sft_adapter, expected_base=run.model.name_or_path) if grpo.sft_adapter else None
+    # the SFT and reward models run on this base as adapters: they must have been trained on it
+    sft = StageRun.open(grpo.sft_adapter, expected_base=run.model.name_or_path) if grpo.sft_adapter else None
+    reward_run = None
+    if grpo.reward_model:
+        reward_run = StageRun.open(grpo.reward_model, expected_base=run.model.name_or_path, stage="reward")
 
     # ---- setup: tokenizer, prompts -----------------------------------------------------------------------
-    tokenizer = load_tokenizer(
-        run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
-    )
+    tokenizer = source.load_tokenizer()
     prompts, prompt_ids, prompt_report = tokenize_prompts(
         tokenizer,
         load_prompt_examples(run.data.train, split=run.data.split, limit=run.data.limit),
@@ -99,49 +88,37 @@ def main(cfg: DictConfig) -> None:
     if run.data.prompts and run.eval.num_prompts > 0:
         eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
 
-    # ---- setup: one base; the policy adapter, the reference (frozen SFT copy or the base) ------------------
-    base = load_base_model(
-        run.model.name_or_path,
-        run.quant,
-        compute_dtype=precision.compute_dtype,
-        revision=run.model.revision,
-        trust_remote_code=run.model.trust_remote_code,
-        attn_implementation=run.model.attn_implementation,
-    )
-    model, reference_kind = load_policy(base, run.lora, sft_adapter=sft_dir,
-                                        gradient_checkpointing=trainer.gradient_checkpointing)
-    set_up_reference(model, reference_kind)
+    # ---- setup: one base; the policy adapter, the reference (frozen SFT copy or the base), the reward model ----
+    base = source.load_base()
+    model = load_policy_and_reference(base, run.lora, sft_adapter=sft.adapter_dir if sft else None,
+                                      gradient_checkpointing=trainer.gradient_checkpointing)
     disable_dropout(model)  # the same log-probs in the update as at sampling: the first ratio is exactly 1
-    upcast_trainable(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    print(f"policy: {'the SFT adapter ' + str(sft_dir) if sft_dir else 'a fresh adapter'}; reference: "
-          f"{'the frozen SFT adapter' if reference_kind == 'sft' else 'the base (adapters off)'}"
-          f"{' (evaluation only: grpo.beta=0)' if grpo.beta == 0 else ''}; "
-          f"trainable parameters: {sum(p.numel() for p in params):,}")
-
-    # ---- setup: the reward, a weighted list of parts ----------------------------------------------------------
     parts = [RewardPart(name, hydra.utils.instantiate(part.fn), part.weight) for name, part in run.rewards.items()]
-    reward_model = RewardModel.load(grpo.reward_model, batch_size=run.eval.batch_size) if grpo.reward_model else None
-    if reward_model:
+    reward_model = None
+    if reward_run:
+        # one more frozen adapter on the same base; answers cut to what it was trained on, as in its training
+        reward_model = SharedBaseRewardModel(RewardRole.attach(model, reward_run.adapter_dir), tokenizer,
+                                             max_length=reward_run.setting("data.max_length", 512),
+                                             batch_size=run.eval.batch_size)
         parts.append(RewardPart("rm", reward_model, grpo.reward_model_weight))
     reward = WeightedReward(parts)
-    print("reward: " + " + ".join(f"{p.weight:g} × {p.name}" for p in parts))
+    params = [p for p in model.parameters() if p.requires_grad]  # the policy adapter alone
+    print(f"policy: {'the SFT adapter ' + str(sft.adapter_dir) if sft else 'a fresh adapter'}; reference: "
+          f"{'the frozen SFT adapter' if sft else 'the base (adapters off)'}"
+          f"{' (evaluation only: grpo.beta=0)' if grpo.beta == 0 else ''}; reward: "
+          + " + ".join(f"{p.weight:g} × {p.name}" for p in parts) + f"; trainable parameters: "
+          f"{sum(p.numel() for p in params):,}")
 
     # ---- eval hooks: the policy's answers, scores and KL against the reference (the SFT model) ---------------
     judge = hydra.utils.instantiate(run.eval.judge) if run.eval.judge else None
     # "rm" for the reward model alone, the name the pipeline report reads; "reward" for the sum trained on
     scorers = {**({"gold": judge} if judge else {}), **({"rm": reward_model} if reward_model else {}), "reward": reward}
-    generation = {"max_new_tokens": run.eval.max_new_tokens, "batch_size": run.eval.batch_size}
-    reference_name = "sft" if sft_dir else "base"
     hooks: list = []
     if eval_prompts:
-        samples = SampleAnswers(eval_prompts, scorers, **generation)
-        # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
-        reference_samples = stage_samples(sft_dir) if sft_dir else None
-        hooks.append(ReferenceWinRate(samples, reference_name, reference_samples=reference_samples)
-                     if run.eval.evaluate_base else samples)
-        hooks.append(ReferenceKL(eval_prompts, reference_name=reference_name, temperature=grpo.temperature,
-                                 **generation))
+        hooks = reference_hooks(eval_prompts, scorers, reference_name="sft" if sft else "base",
+                                reference_samples=sft.samples if sft else None, compare=run.eval.evaluate_base,
+                                max_new_tokens=run.eval.max_new_tokens, batch_size=run.eval.batch_size,
+                                temperature=grpo.temperature)
 
     # ---- setup: optimiser, schedule, prompt order; resume ----------------------------------------------------
     total = trainer.max_steps if trainer.max_steps > 0 else \
@@ -156,7 +133,7 @@ def main(cfg: DictConfig) -> None:
     resume_from = find_resume_checkpoint(out) if trainer.resume else None
     if resume_from:
         checkpoint = load_loop_checkpoint(resume_from)
-        set_peft_model_state_dict(model, checkpoint.trainable, adapter_name=POLICY_ADAPTER)
+        load_adapter_weights(model, POLICY, checkpoint.trainable)
         checkpoint.restore(optimizer, scheduler, sampler)
         start = checkpoint.step
         print(f"resuming from {resume_from} (step {start} of {total})")
@@ -211,7 +188,7 @@ def main(cfg: DictConfig) -> None:
             append_log(out / LOG, run.stage, step, {f"eval/{k}": v for k, v in evals.items()})
             tracker.log({f"eval_{k}": v for k, v in evals.items()}, step)  # shown as eval/{k}, as TRL's
         if step % trainer.save_steps == 0 or step == total:
-            save_loop_checkpoint(out, step, trainable=get_peft_model_state_dict(model, adapter_name=POLICY_ADAPTER),
+            save_loop_checkpoint(out, step, trainable=adapter_weights(model, POLICY),
                                  optimizer=optimizer, scheduler=scheduler, sampler=sampler,
                                  keep=trainer.save_total_limit)
     bar.close()
@@ -236,13 +213,10 @@ def main(cfg: DictConfig) -> None:
     metrics.update(prompt_report.as_metrics("train_prompts"))
 
     # ---- save --------------------------------------------------------------------------------------------------
-    model.save_pretrained(out / ADAPTER, selected_adapters=[POLICY_ADAPTER])  # not the frozen reference copy
+    save_policy(model, out / ADAPTER)  # the policy adapter alone: not the frozen reference or reward copies
     tokenizer.save_pretrained(out / ADAPTER)
-    write_metrics(out, metrics)
-    write_manifest(out, run.stage, {"adapter": ADAPTER, "base_model": run.model.name_or_path}, config_hash)
-    print(OmegaConf.to_yaml(OmegaConf.create({"metrics": metrics})))
-    print(f"lightalign: {run.stage} finished: {out}")
-
+    finish_stage(out, run.stage, metrics, artefacts={"adapter": ADAPTER, "base_model": run.model.name_or_path},
+                 config_hash=config_hash)
 
 if __name__ == "__main__":
     main()

@@ -36,16 +36,15 @@ from lightalign.config import register_configs
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError, report_errors
-from lightalign.eval import EvalContext, ReferenceWinRate, SampleAnswers, run_eval_hooks, untouched_rng
-from lightalign.eval.kl import ReferenceKL
+from lightalign.eval import EvalContext, reference_hooks, run_eval_hooks, untouched_rng
 from lightalign.models import resolve_precision
 from lightalign.models.roles import save_policy
 from lightalign.models.trained import ModelSource
 from lightalign.ppo.kl_control import AdaptiveKLController, FixedKLController
-from lightalign.ppo.rewards import SharedBaseRewardModel
 from lightalign.ppo.roles import load_shared_base_roles
 from lightalign.ppo.rollout import collect_rollout
 from lightalign.ppo.update import ppo_update
+from lightalign.reward_model import SharedBaseRewardModel
 from lightalign.rl.checkpoint import load_loop_checkpoint, save_loop_checkpoint
 from lightalign.rl.prompts import PromptSampler
 from lightalign.rundir import (
@@ -130,18 +129,13 @@ def main(cfg: DictConfig) -> None:
     judge = hydra.utils.instantiate(run.eval.judge) if run.eval.judge else None
     # "rm" for a reward model, the name the pipeline report reads; "reward" for any other callable
     scorers = {**({"gold": judge} if judge else {}), ("rm" if reward_run else "reward"): reward_fn}
-    generation = {"max_new_tokens": run.eval.max_new_tokens, "batch_size": run.eval.batch_size}
-    reference_name = "sft" if sft else "base"
     hooks: list = []
     if eval_prompts:
-        samples = SampleAnswers(eval_prompts, scorers, **generation)
         # with the reference's answers and scores too (what PPO started from) and the win rates against them
-        # the SFT stage already answered these prompts: its samples.jsonl is reused when the settings match
-        reference_samples = sft.samples if sft else None
-        hooks.append(ReferenceWinRate(samples, reference_name, reference_samples=reference_samples)
-                     if run.eval.evaluate_base else samples)
-        hooks.append(ReferenceKL(eval_prompts, reference_name=reference_name, temperature=ppo.temperature,
-                                 **generation))
+        hooks = reference_hooks(eval_prompts, scorers, reference_name="sft" if sft else "base",
+                                reference_samples=sft.samples if sft else None, compare=run.eval.evaluate_base,
+                                max_new_tokens=run.eval.max_new_tokens, batch_size=run.eval.batch_size,
+                                temperature=ppo.temperature)
 
     # ---- setup: optimiser, schedule, KL controller, prompt order; resume -----------------------------------
     epochs_of_updates = math.ceil(trainer.num_train_epochs * len(prompts) / ppo.batch_size)

@@ -16,9 +16,8 @@ from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import GroupRollout, sample_groups
 from lightalign.grpo.update import grpo_update
 from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
-from lightalign.models.adapters import upcast_trainable
-from lightalign.models.reference import load_policy, set_up_reference, use_reference
-from lightalign.ppo.roles import disable_dropout
+from lightalign.models.modes import disable_dropout
+from lightalign.models.roles import POLICY, REFERENCE, load_policy_and_reference, use_reference
 from lightalign.rl.prompts import PromptSampler
 
 TINY = "lightalign:tiny-random"
@@ -35,12 +34,10 @@ REWARD = WeightedReward([RewardPart("letters", letter_fraction)])
 
 
 def build_policy(sft_adapter: Path | None, model_name: str = TINY, lora: LoraSettings | None = None):
-    """The recipe's model: the policy adapter on the 4-bit base, its reference, dropout off, fp32 adapters."""
+    """The recipe's model: the policy adapter on the 4-bit base, its reference, dropout off (fp32 adapters)."""
     base = load_base_model(model_name, Quantization(), compute_dtype=resolve_precision("auto").compute_dtype)
-    model, kind = load_policy(base, lora or LoraSettings(r=4, alpha=8, dropout=0.1), sft_adapter=sft_adapter)
-    set_up_reference(model, kind)
+    model = load_policy_and_reference(base, lora or LoraSettings(r=4, alpha=8, dropout=0.1), sft_adapter=sft_adapter)
     disable_dropout(model)
-    upcast_trainable(model)
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
@@ -85,8 +82,9 @@ def test_only_the_policy_adapter_trains(tiny_tokenizer, sft_adapter):
     update(model, params, rollout, torch.optim.AdamW(params, lr=1e-2), num_iterations=2, minibatch_size=4,
            micro_batch_size=2)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    policy = {name for name in before if ".default." in name}
-    assert changed and changed <= policy  # the reference copy (".ref.") and the 4-bit base stay as they were
+    policy = {name for name in before if f".{POLICY}." in name}
+    assert changed and changed <= policy  # the reference copy and the 4-bit base stay as they were
+    assert any(f".{REFERENCE}." in name for name in before)  # there is a reference copy to stay as it was
     assert {name for name, p in model.named_parameters() if p.requires_grad} == policy
 
 

@@ -14,7 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from lightalign.cli import main as cli
-from lightalign.rundir import LOG, read_log
+from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
+from lightalign.models.roles import POLICY, REFERENCE, REWARD, load_policy_and_reference
+from lightalign.reward_model import RewardModel, RewardRole, SharedBaseRewardModel
+from lightalign.rundir import LOG, StageRun, read_log
 from lightalign.training import find_resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,3 +112,28 @@ def test_bad_settings_fail_before_anything_loads(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "GRPO has no reward" in err and "grpo.group_size=1" in err
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_the_reward_model_on_the_policy_s_base_scores_like_the_reward_stage(reward_run, sft_adapter, tiny_tokenizer):
+    # one base: the policy, its reference and the reward model are three adapters of it
+    # the compute dtype the reward stage's own model loads with (its trainer.precision, auto)
+    base = load_base_model(TINY, Quantization(), compute_dtype=resolve_precision("auto").compute_dtype)
+    model = load_policy_and_reference(base, LoraSettings(), sft_adapter=sft_adapter)
+    role = RewardRole.attach(model, StageRun.open(reward_run, stage="reward").adapter_dir)
+    assert set(model.peft_config) == {POLICY, REFERENCE, REWARD} and model.active_adapter == POLICY
+    assert not any(p.requires_grad for name, p in model.named_parameters() if f".{REWARD}." in name)
+    shared = SharedBaseRewardModel(role, tiny_tokenizer, max_length=256)
+    alone = RewardModel.load(reward_run)  # the reward stage's own model, a base of its own
+    prompts, answers = ["Tell me about apple #1.", "Tell me about river #2."], ["Sure, apple is great!", "No."]
+    assert shared(prompts, answers) == pytest.approx(alone(prompts, answers), abs=1e-4)
+
+
+def test_grpo_on_a_reward_model_logs_its_part_and_its_scores(tmp_path, reward_run, sft_adapter):
+    out = tmp_path / "rm"
+    args = ["run", "grpo", *QUICK, "rewards=none", f"grpo.reward_model={reward_run}", "grpo.reward_model_weight=2",
+            "trainer.max_steps=1", "eval.num_prompts=2", f"grpo.sft_adapter={sft_adapter}", f"hydra.run.dir={out}"]
+    assert cli(args) == 0
+    row = read_log(out / LOG)[0]
+    assert row["reward"] == pytest.approx(2 * row["reward/rm"])  # the part unweighted, the reward weighted
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"rm_score", "sft_rm_score", "win_rate_rm", "reward_score"} <= set(metrics)
