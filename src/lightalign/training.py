@@ -19,7 +19,7 @@ ArgsT = TypeVar("ArgsT", bound=TrainingArguments)
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
-# Written last into a checkpoint, by TRL and by lightalign.ppo.checkpoint alike: it marks the folder complete.
+# Written last into a checkpoint, by TRL and by lightalign.rl.checkpoint alike: it marks the folder complete.
 TRAINER_STATE = "trainer_state.json"
 
 
