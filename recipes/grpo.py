@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments, get_scheduler
 
 from lightalign.config import register_configs
+from lightalign.config.schema import optimizer_batch
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError, RewardError, report_errors
@@ -128,7 +129,7 @@ def main(cfg: DictConfig) -> None:
                               num_warmup_steps=round(trainer.warmup_ratio * total), num_training_steps=total)
     sampler = PromptSampler(len(prompts), grpo.batch_size, seed=trainer.seed)
     answers_per_step = grpo.batch_size * grpo.group_size
-    minibatch = trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
+    minibatch = optimizer_batch(trainer)
     start = 0
     resume_from = find_resume_checkpoint(out) if trainer.resume else None
     if resume_from:

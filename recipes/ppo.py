@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments, get_scheduler
 
 from lightalign.config import register_configs
+from lightalign.config.schema import optimizer_batch
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
-from lightalign.errors import ConfigError, NonFiniteLossError, report_errors
+from lightalign.errors import NonFiniteLossError, report_errors
 from lightalign.eval import EvalContext, reference_hooks, run_eval_hooks, untouched_rng
 from lightalign.models import resolve_precision
 from lightalign.models.roles import save_policy
@@ -71,15 +72,9 @@ def main(cfg: DictConfig) -> None:
     source = ModelSource.of_settings(run.model, run.quant, run.trainer.precision)  # the base model
     ppo, trainer = run.ppo, run.trainer
 
-    # ---- setup: which reward, which adapters ---------------------------------------------------------
+    # ---- setup: which reward, which adapters (the schema checked: exactly one reward, mini-batches divide) --
     reward_target = (run.reward or {}).get("_target_")
-    if bool(ppo.reward_model) == bool(reward_target):
-        raise ConfigError("set exactly one reward: ppo.reward_model=REWARD_RUN_DIR (a reward stage) or a callable "
-                          "with reward=gold_judge / reward._target_=pkg.fn")
-    minibatch = trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
-    if ppo.batch_size % minibatch:
-        raise ConfigError(f"ppo.batch_size={ppo.batch_size} must be a multiple of trainer.per_device_train_batch_size"
-                          f" * trainer.gradient_accumulation_steps = {minibatch}")
+    minibatch = optimizer_batch(trainer)
     # the SFT and reward models run on this base as adapters: they must have been trained on it
     sft = StageRun.open(ppo.sft_adapter, expected_base=run.model.name_or_path) if ppo.sft_adapter else None
     reward_run = None
@@ -88,14 +83,10 @@ def main(cfg: DictConfig) -> None:
 
     # ---- setup: tokenizer, prompts -----------------------------------------------------------------------
     tokenizer = source.load_tokenizer()
-    prompt_budget = run.data.max_length - ppo.max_new_tokens
-    if prompt_budget < 1:
-        raise ConfigError(f"data.max_length={run.data.max_length} leaves no room for prompts of answers of "
-                          f"ppo.max_new_tokens={ppo.max_new_tokens}")
     prompts, prompt_ids, prompt_report = tokenize_prompts(
         tokenizer,
         load_prompt_examples(run.data.train, split=run.data.split, limit=run.data.limit),
-        max_length=prompt_budget,
+        max_length=run.data.max_length - ppo.max_new_tokens,  # room for the answer (checked by the schema)
         overlong=run.data.overlong,
     )
     print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")

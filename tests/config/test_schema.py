@@ -17,6 +17,7 @@ from lightalign.config.schema import (
     GRPOStageConfig,
     PPOOptions,
     PPOSettings,
+    PPOStageConfig,
     PreferenceDataSettings,
     RankingsOptions,
     RankingsStageConfig,
@@ -122,3 +123,26 @@ def test_the_schema_imports_no_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: PPOStageConfig(), "set exactly one reward"),
+        (lambda: PPOStageConfig(ppo=PPOOptions(reward_model="r"), reward={"_target_": "pkg.fn"}), "exactly one reward"),
+        (lambda: PPOStageConfig(ppo=PPOOptions(reward_model="r", batch_size=6),
+                                trainer=TrainerSettings(per_device_train_batch_size=4)),
+         r"ppo.batch_size=6 must be a multiple of .* = 4"),
+        (lambda: PPOStageConfig(ppo=PPOOptions(reward_model="r"), data=DataSettings(train="x", max_length=48)),
+         "data.max_length=48 leaves no room for prompts of answers of ppo.max_new_tokens=48"),
+    ],
+    ids=["no-reward", "two-rewards", "minibatch", "no-room"],
+)
+def test_bad_ppo_settings_are_config_errors_at_compose_time(build, expected):
+    with pytest.raises(ConfigError, match=expected):
+        build()
+
+
+def test_a_ppo_config_with_one_reward_is_accepted():
+    assert PPOStageConfig(ppo=PPOOptions(reward_model="r")).ppo.reward_model == "r"
+    assert PPOStageConfig(reward={"_target_": "lightalign.demo.GoldJudge"}).reward["_target_"]

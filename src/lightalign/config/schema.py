@@ -131,6 +131,19 @@ class TrainerSettings:
         check_report_to(self.report_to)
 
 
+def check_prompt_room(max_length: int, max_new_tokens: int, key: str) -> None:
+    """Raise :class:`ConfigError` unless ``data.max_length`` leaves at least one prompt token beside answers of
+    ``max_new_tokens`` (named by ``key``): sampling stages cut prompts to the difference."""
+    if max_length - max_new_tokens < 1:
+        raise ConfigError(f"data.max_length={max_length} leaves no room for prompts of answers of "
+                          f"{key}={max_new_tokens}")
+
+
+def optimizer_batch(trainer: TrainerSettings) -> int:
+    """Sampled answers per optimiser step: ``trainer.per_device_train_batch_size * gradient_accumulation_steps``."""
+    return trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
+
+
 @dataclass
 class DataSettings:
     """``data.*``: sources are files, ``demo:<split>`` or Hugging Face dataset ids (see lightalign.data)."""
@@ -307,6 +320,16 @@ class PPOStageConfig(StageConfig):
     # (prompts, answers) -> scores named by _target_ (conf/reward/*.yaml), e.g. lightalign.demo.GoldJudge
     reward: Any = None
 
+    def __post_init__(self) -> None:
+        if bool(self.ppo.reward_model) == bool((self.reward or {}).get("_target_")):
+            raise ConfigError("set exactly one reward: ppo.reward_model=REWARD_RUN_DIR (a reward stage) or a callable "
+                              "with reward=gold_judge / reward._target_=pkg.fn")
+        minibatch = optimizer_batch(self.trainer)
+        if self.ppo.batch_size % minibatch:
+            raise ConfigError(f"ppo.batch_size={self.ppo.batch_size} must be a multiple of trainer."
+                              f"per_device_train_batch_size * trainer.gradient_accumulation_steps = {minibatch}")
+        check_prompt_room(self.data.max_length, self.ppo.max_new_tokens, "ppo.max_new_tokens")
+
 
 @dataclass
 class RankingsOptions:
@@ -451,11 +474,9 @@ class GRPOStageConfig(StageConfig):
         if not self.rewards and not self.grpo.reward_model:
             raise ConfigError("GRPO has no reward: pick reward callables (rewards=correct, rewards=[correct,gold_judge]"
                               ") and/or a reward stage's model (grpo.reward_model=REWARD_RUN_DIR)")
-        if self.data.max_length - self.grpo.max_new_tokens < 1:
-            raise ConfigError(f"data.max_length={self.data.max_length} leaves no room for prompts of answers of "
-                              f"grpo.max_new_tokens={self.grpo.max_new_tokens}")
+        check_prompt_room(self.data.max_length, self.grpo.max_new_tokens, "grpo.max_new_tokens")
         answers = self.grpo.batch_size * self.grpo.group_size
-        minibatch = self.trainer.per_device_train_batch_size * self.trainer.gradient_accumulation_steps
+        minibatch = optimizer_batch(self.trainer)
         if answers % minibatch:
             raise ConfigError(f"grpo.batch_size * grpo.group_size = {answers} answers per step must be a multiple of "
                               f"trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps = "
