@@ -91,7 +91,8 @@ def main(cfg: DictConfig) -> None:
         # the policy's answers against the reference's (sft_* metrics, win rates) and its KL to it (kl_to_sft)
         hooks += reference_hooks(prompts, scorers, reference_name=reference, reference_samples=sft.samples if sft
                                  else None, compare=run.eval.evaluate_base, max_new_tokens=run.eval.max_new_tokens,
-                                 batch_size=run.eval.batch_size)
+                                 batch_size=run.eval.batch_size,
+                                 dense_weights=run.generation.dense_weights)
 
     # ---- train -----------------------------------------------------------------------------------------
     args = build_trl_args(

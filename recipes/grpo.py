@@ -119,7 +119,7 @@ def main(cfg: DictConfig) -> None:
         hooks = reference_hooks(eval_prompts, scorers, reference_name="sft" if sft else "base",
                                 reference_samples=sft.samples if sft else None, compare=run.eval.evaluate_base,
                                 max_new_tokens=run.eval.max_new_tokens, batch_size=run.eval.batch_size,
-                                temperature=grpo.temperature)
+                                temperature=grpo.temperature, dense_weights=run.generation.dense_weights)
 
     # ---- setup: optimiser, schedule, prompt order; resume ----------------------------------------------------
     total = trainer.max_steps if trainer.max_steps > 0 else \
@@ -157,6 +157,7 @@ def main(cfg: DictConfig) -> None:
                 keep_old_logprobs=grpo.num_iterations > 1 or minibatch < answers_per_step,
                 mask_truncated=grpo.mask_truncated,
                 forward_batch_size=trainer.per_device_train_batch_size,
+                dense_weights=run.generation.dense_weights,
             )
             sampled = time.perf_counter()
             update_stats = grpo_update(

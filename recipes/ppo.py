@@ -126,7 +126,7 @@ def main(cfg: DictConfig) -> None:
         hooks = reference_hooks(eval_prompts, scorers, reference_name="sft" if sft else "base",
                                 reference_samples=sft.samples if sft else None, compare=run.eval.evaluate_base,
                                 max_new_tokens=run.eval.max_new_tokens, batch_size=run.eval.batch_size,
-                                temperature=ppo.temperature)
+                                temperature=ppo.temperature, dense_weights=run.generation.dense_weights)
 
     # ---- setup: optimiser, schedule, KL controller, prompt order; resume -----------------------------------
     epochs_of_updates = math.ceil(trainer.num_train_epochs * len(prompts) / ppo.batch_size)
@@ -160,7 +160,8 @@ def main(cfg: DictConfig) -> None:
         try:
             rollout = collect_rollout(roles, tokenizer, [prompts[i] for i in batch], [prompt_ids[i] for i in batch],
                                       reward_fn, ppo, kl_coef=kl_control.value,
-                                      forward_batch_size=trainer.per_device_train_batch_size)
+                                      forward_batch_size=trainer.per_device_train_batch_size,
+                                      dense_weights=run.generation.dense_weights)
             sampled = time.perf_counter()
             update_stats = ppo_update(roles, optimizer, rollout, ppo, minibatch_size=minibatch,
                                       micro_batch_size=trainer.per_device_train_batch_size,

@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> None:
         rows = sample_and_judge(
             model, tokenizer, prompts, judge, out / "judged.jsonl", k=opts.k, temperature=opts.temperature,
             top_p=opts.top_p, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-            seed=run.trainer.seed, model_name=source.describe(),
+            seed=run.trainer.seed, model_name=source.describe(), dense_weights=run.generation.dense_weights,
         )
     ranked = [row for row in rows if has_preference(row)]
     pairs = [pair for row in ranked for pair in ranked_pairs(row)]
@@ -88,9 +88,10 @@ def main(cfg: DictConfig) -> None:
     if held_out:
         hooks = [
             SampleAnswers(held_out, {"gold": judge}, max_new_tokens=run.eval.max_new_tokens,
-                          batch_size=run.eval.batch_size),
+                          batch_size=run.eval.batch_size, dense_weights=run.generation.dense_weights),
             PassAtK(held_out, judge, k=opts.k, temperature=opts.temperature, top_p=opts.top_p,
-                    max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, seed=run.trainer.seed),
+                    max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, seed=run.trainer.seed,
+                    dense_weights=run.generation.dense_weights),
         ]
         metrics.update(run_eval_hooks(hooks, EvalContext(model, tokenizer, out)))
 

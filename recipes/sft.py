@@ -85,6 +85,7 @@ def main(cfg: DictConfig) -> None:
                 {"gold": judge} if judge else {},
                 max_new_tokens=run.eval.max_new_tokens,
                 batch_size=run.eval.batch_size,
+                dense_weights=run.generation.dense_weights,
             )
         )
 

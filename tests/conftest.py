@@ -105,3 +105,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def count_4bit_calls():
+    """A context manager counting the forward calls of every bitsandbytes 4-bit layer inside it: ``with
+    count_4bit_calls() as calls: ...; len(calls)`` (0 when dense weights stood in for every 4-bit layer)."""
+    from contextlib import contextmanager
+
+    import bitsandbytes as bnb
+
+    @contextmanager
+    def counting():
+        calls: list[int] = []
+        original = bnb.nn.Linear4bit.forward
+
+        def counted(self, x):
+            calls.append(1)
+            return original(self, x)
+
+        bnb.nn.Linear4bit.forward = counted
+        try:
+            yield calls
+        finally:
+            bnb.nn.Linear4bit.forward = original
+
+    return counting

@@ -2,37 +2,50 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
+from lightalign import generation
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.generation import (
     decode_answers,
+    dense_decoding,
+    dense_weights_bytes,
+    generate_answers,
     logprobs_from_logits,
     position_ids_from_mask,
     sample_and_score,
     sample_responses,
     stop_token_ids,
     truncate_after_eos,
+    uses_dense_weights,
 )
-from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
+from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model, resolve_precision
 
 TINY = "lightalign:tiny-random"
 PAD_ID, EOS_ID = 0, 2
 QUESTIONS = ["What is the capital of Japan?", "Is 7 larger than 3?", "Name a colour."]
 
 
-@pytest.fixture(scope="module")
-def policy():
-    """A 4-bit tiny model with a LoRA adapter far from zero (non-zero B), in eval mode."""
+def lora_policy(*more_adapters: str, seed: int = 0):
+    """A 4-bit tiny model with LoRA adapters far from zero (non-zero B): ``default`` and ``more_adapters``."""
     model = apply_lora(load_base_model(TINY, Quantization()), LoraSettings(r=4, alpha=8, dropout=0.0))
-    generator = torch.Generator().manual_seed(0)
+    for name in more_adapters:
+        model.add_adapter(name, model.peft_config["default"])
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(0.5 * torch.randn(param.shape, generator=generator))
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return lora_policy()
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +119,105 @@ def test_decode_answers_drops_the_stop_token_and_padding(tiny_tokenizer):
     tokens = torch.tensor([hi + [eos, eos], hi + hi])
     mask = torch.tensor([[1] * len(hi) + [1, 0], [1] * (2 * len(hi))])
     assert decode_answers(tiny_tokenizer, tokens, mask) == ["Hi", "HiHi"]
+# ---- dense weights for decoding ------------------------------------------------------------------------------------
+
+
+def test_dense_decoding_computes_bit_for_bit_as_the_4bit_model_for_the_active_adapter_only(prompts,
+                                                                                           count_4bit_calls):
+    model = lora_policy("other", seed=1)
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    layers_before = [type(m) for m in model.modules()]
+    weights_before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    outputs = {}
+    with torch.no_grad():
+        for adapter in ("default", "other", None):
+            model.set_adapter(adapter or "default")
+            with model.disable_adapter() if adapter is None else nullcontext():
+                quantized = model(input_ids=ids, attention_mask=mask).logits
+                with count_4bit_calls() as calls, dense_decoding(model, "on") as dense:
+                    assert dense
+                    outputs[adapter] = model(input_ids=ids, attention_mask=mask).logits
+                assert not calls  # no 4-bit layer ran: the dense copies stood in for all of them
+                assert torch.equal(outputs[adapter], quantized), adapter
+    # each adapter (and none) gives other logits: the dense copy followed the switch
+    assert not torch.equal(outputs["default"], outputs["other"])
+    assert not torch.equal(outputs["default"], outputs[None])
+    # afterwards: the same modules and the same weights (the 4-bit ones too, never repacked)
+    assert [type(m) for m in model.modules()] == layers_before
+    for name, param in model.named_parameters():
+        assert torch.equal(param, weights_before[name]), name
+    assert not any(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)
+                   for m in model.modules() if hasattr(m, "weight"))
+
+
+def test_greedy_and_seeded_answers_are_token_for_token_those_of_the_4bit_model(policy, prompts, tiny_tokenizer):
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    stops = stop_token_ids(tiny_tokenizer)
+    greedy = {}
+    with torch.no_grad():
+        for mode in ("off", "on"):
+            with dense_decoding(policy, mode):
+                greedy[mode] = policy.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=24,
+                                               min_new_tokens=24, pad_token_id=tiny_tokenizer.pad_token_id)
+    assert torch.equal(greedy["on"], greedy["off"])
+    answers = {mode: generate_answers(policy, tiny_tokenizer, [[{"role": "user", "content": q}] for q in QUESTIONS],
+                                      max_new_tokens=16, dense_weights=mode) for mode in ("off", "on")}
+    assert answers["on"] == answers["off"]
+    sampled = {}
+    for mode in ("off", "on"):
+        torch.manual_seed(3)
+        sampled[mode] = sample_responses(policy, ids, mask, max_new_tokens=16, eos_token_id=stops,
+                                         pad_token_id=tiny_tokenizer.pad_token_id, dense_weights=mode)
+    assert torch.equal(sampled["on"].tokens, sampled["off"].tokens)
+    assert len(set(sampled["on"].tokens.tolist()[0])) > 3  # really sampled, not one token repeated
+
+
+def lora_gradients(model, ids) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_training_after_dense_decoding_gets_the_same_gradients(prompts, tiny_tokenizer):
+    model = lora_policy("other", seed=1)
+    model.set_adapter("default")
+    model.train()
+    ids = prompts["input_ids"][:, -12:]
+    before = lora_gradients(model, ids)
+    assert any(".lora_A.default." in name for name in before)  # the gradient reaches A through the 4-bit base
+    generate_answers(model, tiny_tokenizer, [[{"role": "user", "content": "Hi"}]], max_new_tokens=4,
+                     dense_weights="on")
+    assert model.training
+    after = lora_gradients(model, ids)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_auto_uses_dense_weights_on_a_cpu_when_the_copy_fits(policy, monkeypatch):
+    size = dense_weights_bytes(policy)
+    # tiny-random: 2 layers x 7 linear layers in the 4-bit compute dtype
+    per_element = torch.finfo(resolve_precision("auto").compute_dtype).bits // 8
+    assert size == 2 * (4 * 64 * 64 // 2 + 64 * 64 + 3 * 64 * 128) * per_element  # q,o + k,v (2 KV heads) + mlp
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda: 4 * size)
+    assert uses_dense_weights(policy, "auto") and uses_dense_weights(policy, "on")
+    assert not uses_dense_weights(policy, "off")
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda: size)  # fits, but not in half of it
+    assert not uses_dense_weights(policy, "auto") and uses_dense_weights(policy, "on")
+    with pytest.raises(ValueError, match="dense_weights='fast' is not one of auto, on, off"):
+        uses_dense_weights(policy, "fast")
+
+
+def test_a_model_without_4bit_layers_decodes_as_it_is(tiny_tokenizer):
+    model = load_base_model(TINY, None)
+    assert dense_weights_bytes(model) == 0
+    assert not uses_dense_weights(model, "on")
+    with dense_decoding(model, "on") as dense:
+        assert not dense
+
+
+@pytest.mark.gpu
+def test_auto_leaves_a_gpu_model_in_4bit():
+    model = load_base_model(TINY, Quantization())
+    assert next(model.parameters()).device.type == "cuda"
+    assert not uses_dense_weights(model, "auto") and uses_dense_weights(model, "on")

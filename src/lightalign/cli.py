@@ -198,9 +198,12 @@ def _quantization(choice: str):  # noqa: ANN202 (Quantization | None | "as-train
     return {"as-trained": "as-trained", "nf4": Quantization(), "none": None}[choice]
 
 
-def _load_policy(model: str, quant: str):  # noqa: ANN202 (model, tokenizer, source)
+def _load_policy(model: str, quant: str, dense_weights: str):  # noqa: ANN202 (model, tokenizer, source)
+    from lightalign.config.schema import DENSE_WEIGHTS, check_choice
     from lightalign.models.trained import load_model_source, resolve_model_source
 
+    # the values of generation.dense_weights, checked here rather than by argparse: the schema loads hydra
+    check_choice("--dense-weights", dense_weights, DENSE_WEIGHTS)
     source = resolve_model_source(model)
     if source.head != "causal-lm":
         raise LightalignError(f"{model} is a reward model (it scores answers); use a policy: sft, ppo or dpo")
@@ -214,10 +217,10 @@ def chat_command(args: argparse.Namespace) -> int:
 
     from lightalign.commands.chat import HELP, ChatSession, chat_loop, chat_once
 
-    model, tokenizer, source = _load_policy(args.model, args.quant)
+    model, tokenizer, source = _load_policy(args.model, args.quant, args.dense_weights)
     set_seed(args.seed)
     session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_p=args.top_p)
+                          temperature=args.temperature, top_p=args.top_p, dense_weights=args.dense_weights)
     if args.interactive or sys.stdin.isatty():
         print(f"lightalign chat with {source.describe()}; {HELP}", flush=True)
         chat_loop(session, sys.stdin, sys.stdout)
@@ -256,12 +259,13 @@ def rank_command(args: argparse.Namespace) -> int:
 
     prompts = load_prompt_examples(args.prompts, limit=args.limit)
     resume_rankings(Path(args.out))  # a corrupt output file fails now, not after the model has loaded
-    model, tokenizer, source = _load_policy(args.model, args.quant)
+    model, tokenizer, source = _load_policy(args.model, args.quant, args.dense_weights)
 
     def sample(prompt: list, n: int, seed: int) -> list[str]:
         torch.manual_seed(seed)
         answers = generate_answers(model, tokenizer, [prompt] * n, max_new_tokens=args.max_new_tokens,
-                                   batch_size=n, temperature=args.temperature, top_p=args.top_p, desc="sampling")
+                                   batch_size=n, temperature=args.temperature, top_p=args.top_p, desc="sampling",
+                                   dense_weights=args.dense_weights)
         return [a.text for a in answers]
 
     rank_prompts(prompts, sample, Path(args.out), k=args.k, stdin=sys.stdin, out=sys.stdout, seed=args.seed,
@@ -296,6 +300,9 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--top-p", type=float, default=0.9)
         command.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
         command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--dense-weights", default="auto", metavar="auto|on|off",
+                             help="decode with a dense copy of a 4-bit base (generation.dense_weights; "
+                                  "docs/generation.md)")
 
     chat = sub.add_parser("chat", help="chat with a trained stage (DIR) or a base model, streaming tokens")
     chat.add_argument("model", metavar="DIR", help="a stage's run directory, an adapter folder or a model name")

@@ -150,6 +150,7 @@ def sample_and_judge(
     batch_size: int,
     seed: int,
     model_name: str = "",
+    dense_weights: str = "auto",
 ) -> list[dict]:
     """Sample ``k`` answers to each prompt, score them with ``judge`` and append one row per prompt to ``path``.
 
@@ -162,6 +163,7 @@ def sample_and_judge(
         judge: ``(prompts, answers) -> scores``; checked by :func:`~lightalign.eval.hooks.judge_scores`.
         path: The append-only work file; every row holds ``prompt``, ``responses`` (distinct, non-empty),
             ``scores``, ``ranking`` (ties nested), ``model`` and ``sampling`` (the settings).
+        dense_weights: ``generation.dense_weights`` (:func:`~lightalign.generation.dense_decoding`).
 
     Returns:
         Every row of ``path`` (old and new), in file order.
@@ -182,6 +184,7 @@ def sample_and_judge(
                 model, tokenizer, [p.prompt for p in chunk for _ in range(k)], max_new_tokens=max_new_tokens,
                 batch_size=len(chunk) * k, temperature=temperature, top_p=top_p,
                 desc=f"sampling {k} answers x {len(chunk)} prompts (chunk {index + 1}/{len(chunks)})",
+                dense_weights=dense_weights,
             )
         groups = [distinct_texts([a.text for a in answers[n * k : (n + 1) * k]]) for n in range(len(chunk))]
         flat_prompts = [prompt_text(p.prompt) for p, group in zip(chunk, groups, strict=True) for _ in group]

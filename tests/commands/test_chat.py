@@ -76,3 +76,9 @@ def test_a_reward_model_is_refused(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("stage: reward\nmodel:\n  name_or_path: lightalign:tiny-random\n")
     assert cli(["chat", str(tmp_path)]) == 2
     assert "is a reward model" in capsys.readouterr().err
+
+
+def test_a_bad_dense_weights_choice_fails_in_one_line_before_loading(capsys):
+    assert cli(["chat", TINY, "--dense-weights", "yes"]) == 2
+    err = capsys.readouterr().err
+    assert "--dense-weights='yes' is not one of auto, on, off" in err and "loading" not in err

@@ -65,15 +65,22 @@ def test_bad_configs_fail_in_one_line(capsys, overrides, expected):
         ("sft", ["trainer.precision=bf61"], "trainer.precision='bf61' is not one of auto, bf16, fp16, fp32"),
         ("dpo", ["dpo.loss_type=sigmoid2"], "dpo.loss_type='sigmoid2' is not one of sigmoid, hinge, ipo"),
         ("rankings", ["judge=none"], "rank with a judge (judge=gold_judge or judge._target_=pkg.fn) or a person's"),
+        ("ppo", ["generation.dense_weights=yes"], "generation.dense_weights='yes' is not one of auto, on, off"),
     ],
     ids=["kl-estimator", "value-init", "overlong", "lm-format", "preference-format", "invalid", "eval-fraction",
-         "precision", "loss-type", "no-judge"],
+         "precision", "loss-type", "no-judge", "dense-weights"],
 )
 def test_bad_choices_fail_before_any_data_or_model_loads(capsys, stage, overrides, expected):
     assert cli(["validate", stage, *overrides]) == 2
     captured = capsys.readouterr()
     assert expected in captured.err and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err and "valid ----" not in captured.out
+
+
+def test_every_stage_has_the_generation_settings(capsys):
+    for stage in ("sft", "rankings", "reward", "dpo", "ppo"):
+        assert cli(["validate", stage, "generation.dense_weights=off"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["generation"] == {"dense_weights": "off"}
 
 
 def test_rankings_by_a_person_need_no_judge(capsys):

@@ -13,6 +13,7 @@ import lightalign
 from lightalign.config.schema import (
     DataSettings,
     DPOOptions,
+    GenerationSettings,
     GRPOOptions,
     GRPOStageConfig,
     PPOOptions,
@@ -53,9 +54,10 @@ def test_ppo_options_check_value_init_and_the_inherited_ppo_settings():
         (lambda: TrainerSettings(report_to="comet"), "valid: none, tensorboard, wandb, mlflow"),
         (lambda: DPOOptions(loss_type="sigmoïd"), "dpo.loss_type='sigmoïd' is not one of sigmoid, hinge, ipo"),
         (lambda: RankingsStageConfig(judge={"_target_": None}), "rank with a judge .* or a person's rankings"),
+        (lambda: GenerationSettings(dense_weights="yes"), "generation.dense_weights='yes' is not one of auto, on, off"),
     ],
     ids=["overlong", "lm-format", "preference-format", "preference-overlong", "invalid", "eval-fraction",
-         "precision", "report-to", "loss-type", "no-judge"],
+         "precision", "report-to", "loss-type", "no-judge", "dense-weights"],
 )
 def test_bad_choices_are_config_errors_naming_the_key(build, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -72,3 +72,29 @@ def test_a_judge_without_groups_gives_the_overall_fraction_only(tmp_path):
     metrics, rows = _record(tmp_path, {"exact": Exact()})
     assert {k: v for k, v in metrics.items() if k.startswith("correct")} == {"correct_fraction": 0.25}
     assert rows[1] == {**rows[1], "correct": True} and "family" not in rows[1]
+
+
+@pytest.mark.parametrize("hook", ["samples", "reference_kl", "pass_at_k"])
+def test_the_sampling_hooks_decode_with_dense_weights_and_get_the_same_metrics(hook, tmp_path, tiny_tokenizer,
+                                                                              count_4bit_calls):
+    from lightalign.eval.headroom import PassAtK
+    from lightalign.eval.kl import ReferenceKL
+    from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
+
+    model = apply_lora(load_base_model("lightalign:tiny-random", Quantization()), LoraSettings(r=4, alpha=8))
+    prompts = [PromptOnly([{"role": "user", "content": q}]) for q in ("What is 2 + 3?", "Name a colour.")]
+    build = {"samples": lambda mode: SampleAnswers(prompts, max_new_tokens=8, write_file=False, dense_weights=mode),
+             "reference_kl": lambda mode: ReferenceKL(prompts, reference_name="base", max_new_tokens=8,
+                                                      dense_weights=mode),
+             "pass_at_k": lambda mode: PassAtK(prompts, lambda p, a: [float(len(x)) for x in a], k=2,
+                                               max_new_tokens=8, dense_weights=mode)}[hook]
+    metrics, calls = {}, {}
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        with count_4bit_calls() as counted:
+            metrics[mode] = build(mode)(EvalContext(model, tiny_tokenizer, tmp_path))
+        calls[mode] = len(counted)
+    assert metrics["on"] == metrics["off"]
+    # decoding ran no 4-bit layer with dense weights; ReferenceKL still scores its samples in 4 bit: one forward
+    # for the policy, one for the reference, through 14 4-bit layers (2 blocks x 7)
+    assert calls["off"] > 0 and calls["on"] == (0 if hook != "reference_kl" else 2 * 14)

@@ -199,3 +199,22 @@ def test_score_answers_rejects_bad_rewards(prompts):
         score_answers(lambda p, a: [float("nan")] * len(a), prompts[0][:2], ["x", "y"])
     with pytest.raises(ConfigError, match="1 scores for 2 answers"):
         score_answers(lambda p, a: [1.0], prompts[0][:2], ["x", "y"])
+
+
+def test_a_rollout_sampled_with_dense_weights_is_the_same_rollout(tiny_random_stages, tiny_tokenizer, prompts,
+                                                                  count_4bit_calls):
+    roles = tiny_roles(tiny_random_stages)
+    move_policy_away(roles)
+    settings = PPOSettings(batch_size=4, max_new_tokens=6, temperature=0.7)
+    rollouts, calls = {}, {}
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        with count_4bit_calls() as counted:
+            rollouts[mode] = collect_rollout(roles, tiny_tokenizer, prompts[0], prompts[1], letter_count, settings,
+                                             kl_coef=0.5, dense_weights=mode)
+        calls[mode] = len(counted)
+    for name, value in vars(rollouts["off"]).items():
+        other = getattr(rollouts["on"], name)
+        assert torch.equal(value, other) if isinstance(value, Tensor) else value == other, name
+    # scoring (policy, reference, values: one forward each through 14 4-bit layers) stays in 4 bit; decoding not
+    assert calls["on"] == 3 * 14 < calls["off"]

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 from lightalign.commands.terminal import ask
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import Message
-from lightalign.generation import stop_token_ids
+from lightalign.generation import dense_decoding, stop_token_ids
 
 HELP = "/reset forgets the conversation, /quit (or Ctrl-D) leaves"
 
@@ -42,11 +42,12 @@ class ChatSession:
     Args:
         temperature: 0 answers greedily (the same answer every time).
         max_context: the history is cut, oldest exchange first, to keep prompt + answer under this many tokens.
+        dense_weights: how each answer decodes (:func:`~lightalign.generation.dense_decoding`).
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
-                 max_context: int = 2048) -> None:
+                 max_context: int = 2048, dense_weights: str = "auto") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.system = system
@@ -54,6 +55,7 @@ class ChatSession:
         self.temperature = temperature
         self.top_p = top_p
         self.max_context = max_context
+        self.dense_weights = dense_weights
         self.history: list[Message] = []
         self.reset()
 
@@ -78,17 +80,18 @@ class ChatSession:
         input_ids = torch.tensor([ids], device=device)
         sampling = self.temperature > 0
         stops = stop_token_ids(self.tokenizer)
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=self.max_new_tokens,
-            do_sample=sampling,
-            temperature=self.temperature if sampling else None,
-            top_p=self.top_p if sampling else None,
-            eos_token_id=stops,
-            pad_token_id=self.tokenizer.pad_token_id,
-            streamer=_Streamer(self.tokenizer, out),
-        )[0, len(ids) :].tolist()
+        with dense_decoding(self.model, self.dense_weights):
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=sampling,
+                temperature=self.temperature if sampling else None,
+                top_p=self.top_p if sampling else None,
+                eos_token_id=stops,
+                pad_token_id=self.tokenizer.pad_token_id,
+                streamer=_Streamer(self.tokenizer, out),
+            )[0, len(ids) :].tolist()
         cut = next((i for i, token in enumerate(output) if token in stops), len(output))
         answer = self.tokenizer.decode(output[:cut], skip_special_tokens=True).strip()
         self.history.append({"role": "assistant", "content": answer})

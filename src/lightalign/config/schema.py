@@ -39,6 +39,7 @@ KL_ESTIMATORS = ("k1", "k3")  # ppo.kl_estimator, grpo.kl_estimator (lightalign.
 GRPO_ADVANTAGES = ("grpo", "rloo", "dr_grpo")  # grpo.advantage (lightalign.grpo.advantages)
 # grpo.loss_aggregation (lightalign.grpo.losses.aggregate_tokens); auto: constant for dr_grpo, else token
 GRPO_AGGREGATIONS = ("auto", "token", "sequence", "constant")
+DENSE_WEIGHTS = ("auto", "on", "off")  # generation.dense_weights (lightalign.generation)
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -182,6 +183,22 @@ class EvalSettings:
 
 
 @dataclass
+class GenerationSettings:
+    """``generation.*``: how every sampler of a stage decodes (eval answers, KL evals, PPO rollouts, rankings).
+
+    ``dense_weights``: decode with a dense copy of the 4-bit base, dequantised once per sampling call, instead
+    of dequantising every weight at every token (the same answers, faster on a CPU). ``auto``: on a CPU when
+    the copy fits in memory; off on a GPU, where bitsandbytes' 4-bit kernels serve and the copy would cost the
+    memory QLoRA saves. See docs/generation.md.
+    """
+
+    dense_weights: str = "auto"  # auto | on | off
+
+    def __post_init__(self) -> None:
+        check_choice("generation.dense_weights", self.dense_weights, DENSE_WEIGHTS)
+
+
+@dataclass
 class StageConfig:
     """What every stage has. Stage schemas add their own nodes."""
 
@@ -192,6 +209,7 @@ class StageConfig:
     data: DataSettings = field(default_factory=DataSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 @dataclass

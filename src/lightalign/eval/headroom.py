@@ -33,6 +33,7 @@ class PassAtK:
     max_new_tokens: int = 24
     batch_size: int = 64
     seed: int = 0
+    dense_weights: str = "auto"  # generation.dense_weights (lightalign.generation.dense_decoding)
     name: str = "pass_at_k"
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
@@ -42,6 +43,7 @@ class PassAtK:
                 ctx.model, ctx.tokenizer, [p.prompt for p in self.prompts for _ in range(self.k)],
                 max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, temperature=self.temperature,
                 top_p=self.top_p, desc=f"eval: {self.k} sampled answers per prompt",
+                dense_weights=self.dense_weights,
             )
         texts = [prompt_text(p.prompt) for p in self.prompts for _ in range(self.k)]
         replies = [a.text for a in answers]

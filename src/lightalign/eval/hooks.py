@@ -190,6 +190,7 @@ class SampleAnswers:
     max_new_tokens: int = 64
     batch_size: int = 8
     write_file: bool = True
+    dense_weights: str = "auto"  # generation.dense_weights (lightalign.generation.dense_decoding)
     name: str = "samples"
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
@@ -200,6 +201,7 @@ class SampleAnswers:
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             desc=eval_desc(ctx, "answers"),
+            dense_weights=self.dense_weights,
         )
         return self.record(ctx, answers)
 

@@ -40,6 +40,7 @@ class ReferenceKL:
     max_new_tokens: int = 64
     batch_size: int = 8
     temperature: float = 1.0
+    dense_weights: str = "auto"  # generation.dense_weights (lightalign.generation.dense_decoding)
     name: str = "reference_kl"
 
     @torch.no_grad()
@@ -62,6 +63,7 @@ class ReferenceKL:
                     pad_token_id=tokenizer.pad_token_id,
                     temperature=self.temperature,
                     forward_batch_size=self.batch_size,
+                    dense_weights=self.dense_weights,
                 )
                 mask = scored.responses.mask
                 log_ratio = torch.where(mask.bool(), scored.logprobs - scored.ref_logprobs,

@@ -199,6 +199,7 @@ def reference_hooks(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     temperature: float = 1.0,
+    dense_weights: str = "auto",
 ) -> list[EvalHook]:
     """What a stage that trains a policy against a reference (DPO, PPO, GRPO) evaluates on fixed prompts.
 
@@ -206,10 +207,12 @@ def reference_hooks(
     ``compare``, the reference's answers too (``{reference_name}_*`` metrics, its ``samples.jsonl`` reused from
     ``reference_samples`` when it answered the same prompts) and the policy's win rates against them
     (:class:`ReferenceWinRate`); and how far the policy has moved from the reference, ``kl_to_{reference_name}``
-    on answers sampled at ``temperature`` (:class:`~lightalign.eval.kl.ReferenceKL`).
+    on answers sampled at ``temperature`` (:class:`~lightalign.eval.kl.ReferenceKL`). ``dense_weights``: how
+    every sampler decodes (``generation.dense_weights``, :func:`~lightalign.generation.dense_decoding`).
     """
-    samples = SampleAnswers(prompts, scorers, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    samples = SampleAnswers(prompts, scorers, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            dense_weights=dense_weights)
     answers = ReferenceWinRate(samples, reference_name, reference_samples=reference_samples) if compare else samples
     kl = ReferenceKL(prompts, reference_name=reference_name, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     temperature=temperature)
+                     temperature=temperature, dense_weights=dense_weights)
     return [answers, kl]

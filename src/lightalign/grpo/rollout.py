@@ -86,6 +86,7 @@ def sample_groups(
     keep_old_logprobs: bool = False,
     mask_truncated: bool = False,
     forward_batch_size: int = 8,
+    dense_weights: str = "auto",
 ) -> GroupRollout:
     """Sample ``group_size`` answers to each prompt from ``model`` (the policy, its adapter active), score them.
 
@@ -106,6 +107,8 @@ def sample_groups(
             give, and reinforcing a right one teaches rambling past it (DAPO's overlong filtering, TRL's
             ``mask_truncated_completions``).
         forward_batch_size: rows per scoring forward pass (memory bound).
+        dense_weights: how the policy decodes (``generation.dense_weights``, see
+            :func:`~lightalign.generation.dense_decoding`).
 
     Raises:
         RewardError: a reward part raised, or returned the wrong number of scores or a non-finite one.
@@ -117,7 +120,8 @@ def sample_groups(
     sampled = sample_and_score(model, batch["input_ids"], batch["attention_mask"], reference=reference,
                                score_policy=keep_old_logprobs, max_new_tokens=max_new_tokens,
                                eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                               temperature=temperature, top_p=top_p, forward_batch_size=forward_batch_size)
+                               temperature=temperature, top_p=top_p, forward_batch_size=forward_batch_size,
+                               dense_weights=dense_weights)
     responses = sampled.responses
     answers = decode_answers(tokenizer, responses.tokens, responses.mask)
     rewards = reward.score([p.prompt for p in prompts for _ in range(group_size)], answers)

@@ -76,6 +76,7 @@ def collect_rollout(
     *,
     kl_coef: float,
     forward_batch_size: int = 8,
+    dense_weights: str = "auto",
 ) -> Rollout:
     """Sample one answer per prompt from the policy and compute rewards, values and advantages.
 
@@ -88,6 +89,8 @@ def collect_rollout(
         settings: sampling, reward shaping and GAE settings.
         kl_coef: β for this batch (the KL controller's current value).
         forward_batch_size: rows per forward pass when scoring (memory bound).
+        dense_weights: how the policy decodes (``generation.dense_weights``, see
+            :func:`~lightalign.generation.dense_decoding`).
 
     Raises:
         NonFiniteLossError: the reward returned NaN or inf.
@@ -107,6 +110,7 @@ def collect_rollout(
         top_k=settings.top_k,
         top_p=settings.top_p,
         forward_batch_size=forward_batch_size,
+        dense_weights=dense_weights,
     )
     input_ids, attention_mask, start = sampled.input_ids, sampled.attention_mask, sampled.response_start
     mask, logprobs, ref_logprobs = sampled.responses.mask, sampled.logprobs, sampled.ref_logprobs
