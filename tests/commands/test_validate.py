@@ -78,8 +78,9 @@ def test_bad_choices_fail_before_any_data_or_model_loads(capsys, stage, override
 
 
 def test_every_stage_has_the_generation_settings(capsys):
-    for stage in ("sft", "rankings", "reward", "dpo", "ppo"):
-        assert cli(["validate", stage, "generation.dense_weights=off"]) == 0
+    # PPO composes only with a reward (a config-only check)
+    for stage, *more in (("sft",), ("rankings",), ("reward",), ("dpo",), ("ppo", "reward=gold_judge"), ("grpo",)):
+        assert cli(["validate", stage, "generation.dense_weights=off", *more]) == 0
         assert yaml.safe_load(capsys.readouterr().out)["generation"] == {"dense_weights": "off"}
 
 
