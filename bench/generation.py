@@ -60,6 +60,7 @@ def load_policy(model_name: str):  # noqa: ANN201 (PeftModel, tokenizer)
 
     tokenizer = load_tokenizer(model_name)
     base = load_base_model(model_name, Quantization(), compute_dtype=resolve_precision("auto").compute_dtype)
+    torch.manual_seed(0)  # PEFT draws lora_A from the global generator: every child process gets the same adapter
     model = apply_lora(base, LoraSettings(dropout=0.0))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
