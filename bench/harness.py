@@ -171,6 +171,12 @@ def load_warning(max_load: float = 1.5) -> str | None:
     return None
 
 
+def target_verdict(speed: float, memory: float, target_speed: float, target_memory: float) -> str:
+    """``"1.60x, 0.77x -> missed"``: lightalign's speed and memory ratios against a >= speed, <= memory target."""
+    met = speed >= target_speed and memory <= target_memory
+    return f"{speed:.2f}x, {memory:.2f}x -> {'met' if met else 'missed'}"
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A Markdown table (pasted as is into BENCHMARKS.md)."""
     print("| " + " | ".join(header) + " |")

@@ -219,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     harness.print_table(["variant", "samples/s", "lightalign speed x", "peak MB", "lightalign peak x",
                          "peak above imports MB", "lightalign x"], rows)
     for row in rows[1:]:
-        met = row[2] >= TARGET_SPEED and row[4] <= TARGET_MEMORY
         print(f"target vs {row[0]}: >= {TARGET_SPEED}x samples/s and <= {TARGET_MEMORY}x peak memory: "
-              f"{row[2]:.2f}x, {row[4]:.2f}x -> {'met' if met else 'missed'}")
+              + harness.target_verdict(row[2], row[4], TARGET_SPEED, TARGET_MEMORY))
     print(json.dumps(results), file=sys.stderr)
     return 0
 
