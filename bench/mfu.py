@@ -89,7 +89,14 @@ def build_dpo_trainer(args: argparse.Namespace, out: Path, *, callbacks: list):
 
     from lightalign.data import load_preference_splits
     from lightalign.data.tokenize import tokenize_preference_pairs
-    from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
+    from lightalign.models import (
+        LoraSettings,
+        Quantization,
+        install_chunked_lm_head,
+        load_base_model,
+        load_tokenizer,
+        resolve_precision,
+    )
     from lightalign.models.roles import load_policy, set_up_reference
     from lightalign.trainers import TokenizedDPOTrainer
     from lightalign.training import TrainerSettings, build_trl_args
@@ -109,6 +116,7 @@ def build_dpo_trainer(args: argparse.Namespace, out: Path, *, callbacks: list):
     trainer = TokenizedDPOTrainer(model=model, ref_model=None, args=dpo_args, train_dataset=Dataset.from_list(rows),
                                   processing_class=tokenizer, callbacks=callbacks)
     set_up_reference(model, reference)
+    install_chunked_lm_head(trainer.model, settings.chunked_logprobs)
     return trainer
 
 

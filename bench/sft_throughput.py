@@ -73,6 +73,7 @@ def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bo
         LoraSettings,
         Quantization,
         apply_lora,
+        install_chunked_lm_head,
         load_base_model,
         load_tokenizer,
         resolve_precision,
@@ -95,6 +96,7 @@ def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bo
                          data_collator=LMCollator(tokenizer.pad_token_id, padding_free=packing),
                          processing_class=tokenizer, callbacks=callbacks)
     upcast_trainable(trainer.model)
+    install_chunked_lm_head(trainer.model, settings.chunked_logprobs)
     return trainer
 
 
