@@ -62,7 +62,7 @@ def _examples(args: argparse.Namespace) -> list:
 
 
 def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bool, callbacks: list,
-                             gradient_checkpointing: bool = False):
+                             gradient_checkpointing: bool = False, chunked_logprobs: str = "auto"):
     """The SFT recipe's set-up (recipes/sft.py), minus evaluation and saving."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -88,7 +88,7 @@ def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bo
     model = apply_lora(model, LoraSettings(), gradient_checkpointing=gradient_checkpointing)
     settings = TrainerSettings(max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
                                logging_steps=5, save_steps=10**9, packing=packing,
-                               gradient_checkpointing=gradient_checkpointing)
+                               gradient_checkpointing=gradient_checkpointing, chunked_logprobs=chunked_logprobs)
     trl_args = build_trl_args(SFTConfig, settings, out, precision, dataset_kwargs={"skip_prepare_dataset": True},
                               max_length=None, packing=False, include_num_input_tokens_seen="non_padding",
                               save_strategy="no", disable_tqdm=True)
