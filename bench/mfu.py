@@ -140,7 +140,7 @@ def run_stage(args: argparse.Namespace, stage: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--child")]
+    passthrough = harness.child_arguments(argv)
     if args.child == "peak":
         harness.emit_result(measure_matmul_peak())
         return 0
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.emit_result(run_stage(args, args.child))
         return 0
 
-    warning = harness.load_warning()
-    if warning:
-        print(warning)
+    harness.print_load_warning()
     n_params = count_base_parameters(args.model)
     stages = ("sft", "sft-packed", "dpo")
     per_stage: dict[str, list[dict]] = {s: [] for s in stages}

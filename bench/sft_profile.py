@@ -116,13 +116,11 @@ def profile_variant(args: argparse.Namespace, variant: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--child")]
+    passthrough = harness.child_arguments(argv)
     if args.child:
         harness.emit_result(profile_variant(args, args.child))
         return 0
-    warning = harness.load_warning()
-    if warning:
-        print(warning)
+    harness.print_load_warning()
     results = [harness.run_child(HERE, [*passthrough, f"--child={variant}"]) for variant in args.variants]
     first = results[0]
     print(f"\nOne SFT step, {args.model}, batch {args.batch_size} ({first['positions']} positions, {first['labelled']} "
