@@ -123,14 +123,12 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--child")]
+    passthrough = harness.child_arguments(argv)
     if args.child:
         harness.emit_result(run_variant(args, args.child))
         return 0
 
-    warning = harness.load_warning()
-    if warning:
-        print(warning)
+    harness.print_load_warning()
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for variant in harness.alternating(VARIANTS, args.rounds):
         result = harness.run_child(HERE, [*passthrough, f"--child={variant}"])

@@ -163,6 +163,18 @@ def median_of(results: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in results)
 
 
+def child_arguments(argv: list[str] | None) -> list[str]:
+    """The parent's command line minus ``--child``: what each child process is started with (plus its own)."""
+    return [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--child")]
+
+
+def print_load_warning() -> None:
+    """Print :func:`load_warning`'s warning, if there is one."""
+    warning = load_warning()
+    if warning:
+        print(warning)
+
+
 def load_warning(max_load: float = 1.5) -> str | None:
     """A warning when other processes share the CPUs (numbers are then noisy; ratios suffer less)."""
     load = os.getloadavg()[0]

@@ -89,7 +89,14 @@ def build_dpo_trainer(args: argparse.Namespace, out: Path, *, callbacks: list):
 
     from lightalign.data import load_preference_splits
     from lightalign.data.tokenize import tokenize_preference_pairs
-    from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
+    from lightalign.models import (
+        LoraSettings,
+        Quantization,
+        install_chunked_lm_head,
+        load_base_model,
+        load_tokenizer,
+        resolve_precision,
+    )
     from lightalign.models.roles import load_policy, set_up_reference
     from lightalign.trainers import TokenizedDPOTrainer
     from lightalign.training import TrainerSettings, build_trl_args
@@ -109,6 +116,7 @@ def build_dpo_trainer(args: argparse.Namespace, out: Path, *, callbacks: list):
     trainer = TokenizedDPOTrainer(model=model, ref_model=None, args=dpo_args, train_dataset=Dataset.from_list(rows),
                                   processing_class=tokenizer, callbacks=callbacks)
     set_up_reference(model, reference)
+    install_chunked_lm_head(trainer.model, settings.chunked_logprobs)
     return trainer
 
 
@@ -132,7 +140,7 @@ def run_stage(args: argparse.Namespace, stage: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--child")]
+    passthrough = harness.child_arguments(argv)
     if args.child == "peak":
         harness.emit_result(measure_matmul_peak())
         return 0
@@ -140,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.emit_result(run_stage(args, args.child))
         return 0
 
-    warning = harness.load_warning()
-    if warning:
-        print(warning)
+    harness.print_load_warning()
     n_params = count_base_parameters(args.model)
     stages = ("sft", "sft-packed", "dpo")
     per_stage: dict[str, list[dict]] = {s: [] for s in stages}

@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightalign.data.tokenize import tokenize_prompts
     from lightalign.models import load_tokenizer, resolve_model_path, resolve_precision
 
-    warning = harness.load_warning()
-    if warning:
-        print(warning)
+    harness.print_load_warning()
     folder = resolve_model_path(args.model)
     compute_dtype = str(resolve_precision("auto").compute_dtype).removeprefix("torch.")
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}

@@ -62,7 +62,7 @@ def _examples(args: argparse.Namespace) -> list:
 
 
 def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bool, callbacks: list,
-                             gradient_checkpointing: bool = False):
+                             gradient_checkpointing: bool = False, chunked_logprobs: str = "auto"):
     """The SFT recipe's set-up (recipes/sft.py), minus evaluation and saving."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -73,6 +73,7 @@ def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bo
         LoraSettings,
         Quantization,
         apply_lora,
+        install_chunked_lm_head,
         load_base_model,
         load_tokenizer,
         resolve_precision,
@@ -87,7 +88,7 @@ def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bo
     model = apply_lora(model, LoraSettings(), gradient_checkpointing=gradient_checkpointing)
     settings = TrainerSettings(max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
                                logging_steps=5, save_steps=10**9, packing=packing,
-                               gradient_checkpointing=gradient_checkpointing)
+                               gradient_checkpointing=gradient_checkpointing, chunked_logprobs=chunked_logprobs)
     trl_args = build_trl_args(SFTConfig, settings, out, precision, dataset_kwargs={"skip_prepare_dataset": True},
                               max_length=None, packing=False, include_num_input_tokens_seen="non_padding",
                               save_strategy="no", disable_tqdm=True)
@@ -95,6 +96,7 @@ def build_lightalign_trainer(args: argparse.Namespace, out: Path, *, packing: bo
                          data_collator=LMCollator(tokenizer.pad_token_id, padding_free=packing),
                          processing_class=tokenizer, callbacks=callbacks)
     upcast_trainable(trainer.model)
+    install_chunked_lm_head(trainer.model, settings.chunked_logprobs)
     return trainer
 
 
@@ -199,7 +201,7 @@ def check_same_loss(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--child")]
+    passthrough = harness.child_arguments(argv)
     if args.child == "check":
         harness.emit_result(check_same_loss(args))
         return 0
@@ -207,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.emit_result(run_variant(args, args.child))
         return 0
 
-    warning = harness.load_warning()
-    if warning:
-        print(warning)
+    harness.print_load_warning()
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for variant in harness.alternating(VARIANTS, args.rounds):
         result = harness.run_child(HERE, [*passthrough, f"--child={variant}"])

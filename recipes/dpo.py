@@ -34,7 +34,7 @@ from lightalign.eval import (
     reference_hooks,
     run_eval_hooks,
 )
-from lightalign.models import resolve_precision
+from lightalign.models import install_chunked_lm_head, resolve_precision
 from lightalign.models.roles import load_policy, save_policy, set_up_reference
 from lightalign.models.trained import ModelSource
 from lightalign.reward_model import RewardModel
@@ -114,6 +114,7 @@ def main(cfg: DictConfig) -> None:
         ],
     )
     set_up_reference(model, reference)  # after TRL, which copies any adapter it is given to "ref"
+    install_chunked_lm_head(trainer.model, run.trainer.chunked_logprobs)  # policy and reference log-probs
     resume_from = find_resume_checkpoint(out) if run.trainer.resume else None
     if resume_from:
         print(f"resuming from {resume_from}")

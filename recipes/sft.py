@@ -26,7 +26,7 @@ from lightalign.data.tokenize import tokenize_lm_examples
 from lightalign.distributed import is_main_process
 from lightalign.errors import report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, HeldOutLoss, SampleAnswers, run_eval_hooks
-from lightalign.models import apply_lora, resolve_precision, upcast_trainable
+from lightalign.models import apply_lora, install_chunked_lm_head, resolve_precision, upcast_trainable
 from lightalign.models.trained import ModelSource
 from lightalign.rundir import ADAPTER, LOG, read_json, write_json_atomic
 from lightalign.stage import finish_stage, start_stage
@@ -123,6 +123,8 @@ def main(cfg: DictConfig) -> None:
     )
     # TRL casts QLoRA adapters to bf16; fp32 adapters cost little, learn small steps and resume bit-exactly.
     upcast_trainable(trainer.model)
+    # the loss from the labelled positions' hidden states, a chunk at a time (no full-vocabulary logits)
+    install_chunked_lm_head(trainer.model, run.trainer.chunked_logprobs)
     resume_from = find_resume_checkpoint(out) if run.trainer.resume else None
     if resume_from:
         print(f"resuming from {resume_from}")

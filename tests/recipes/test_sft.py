@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,14 @@ def test_lightalign_run_sft_and_python_recipe_write_the_same_run(tmp_path):
     assert isinstance(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit)
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 6)
+
+
+@pytest.mark.gpu
+def test_the_sft_recipe_runs_on_cuda(tmp_path):
+    out = tmp_path / "run"
+    assert cli(["run", "sft", *QUICK, f"hydra.run.dir={out}"]) == 0
+    metrics = _check_run_dir(out)
+    assert math.isfinite(metrics["train_loss"]) and metrics["train_tokens"] > 0
 
 
 def test_only_adapter_weights_change_in_4bit_training(tmp_path, tiny_tokenizer):

@@ -28,6 +28,7 @@ PREFERENCE_FORMATS = ("auto", "pairs", "hh", "ranking")  # (lightalign.data.pref
 OVERLONG_POLICIES = ("error", "truncate", "skip")  # data.overlong (lightalign.data.tokenize)
 INVALID_POLICIES = ("error", "skip")  # data.invalid (lightalign.data.preference)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # trainer.precision (lightalign.models.precision)
+CHUNKED_LOGPROBS_MODES = ("auto", "on", "off")  # trainer.chunked_logprobs (lightalign.models.logprobs)
 # trainer.report_to -> the package it needs (tensorboard is written through torch.utils.tensorboard)
 REPORT_TO: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 # dpo.loss_type: the pairwise losses of TRL 1.16's DPOTrainer that need nothing but beta (exo_pair needs label
@@ -124,11 +125,14 @@ class TrainerSettings:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False
     packing: bool = False  # padding-free batches (one packed row per batch)
+    # SFT/DPO log-probs through lightalign.models.logprobs instead of TRL's fused head: auto = on without CUDA
+    chunked_logprobs: str = "auto"  # auto | on | off
     report_to: str = "none"  # none | tensorboard | wandb | mlflow (lightalign.trackers); metrics.jsonl always
     resume: bool = True  # continue from the last complete checkpoint in DIR/checkpoints
 
     def __post_init__(self) -> None:
         check_choice("trainer.precision", self.precision, PRECISIONS)
+        check_choice("trainer.chunked_logprobs", self.chunked_logprobs, CHUNKED_LOGPROBS_MODES)
         check_report_to(self.report_to)
 
 

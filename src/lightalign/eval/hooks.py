@@ -24,6 +24,7 @@ from lightalign.data.formats import prompt_text
 from lightalign.data.types import PromptOnly
 from lightalign.errors import LightalignError
 from lightalign.generation import Answer, generate_answers
+from lightalign.models.logprobs import causal_lm_label_logprobs
 from lightalign.models.modes import eval_mode
 from lightalign.progress import iter_batches
 from lightalign.rundir import read_log
@@ -162,13 +163,10 @@ class HeldOutLoss:
             for rows in iter_batches(self.rows, self.batch_size, eval_desc(ctx, "loss")):
                 batch = pad_lm(rows, self.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                labels = batch["labels"][:, 1:]
-                losses = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
-                )
-                total_loss += losses.item()
-                total_tokens += int((labels != -100).sum())
+                token_logps = causal_lm_label_logprobs(model, batch["input_ids"], batch["labels"],
+                                                       attention_mask=batch["attention_mask"])
+                total_loss -= token_logps.sum().item()
+                total_tokens += int((batch["labels"][:, 1:] != -100).sum())
         loss = total_loss / max(total_tokens, 1)
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 

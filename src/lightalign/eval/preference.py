@@ -23,7 +23,7 @@ from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
 from lightalign.data.types import PreferencePair, PromptOnly
 from lightalign.eval.hooks import EvalContext, EvalHook, SampleAnswers, ScoreFn, eval_desc
 from lightalign.eval.kl import ReferenceKL
-from lightalign.generation import logprobs_from_logits
+from lightalign.models.logprobs import causal_lm_label_logprobs
 from lightalign.models.modes import eval_mode
 from lightalign.models.roles import use_reference
 from lightalign.progress import iter_batches
@@ -100,9 +100,8 @@ def _sequence_logprobs(model: PreTrainedModel, rows: Sequence[dict], pad_token_i
     with eval_mode(model):
         for chunk in iter_batches(rows, batch_size, desc, unit="answer"):
             batch = {k: v.to(device) for k, v in pad_lm(chunk, pad_token_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            labels = batch["labels"][:, 1:]
-            token_logps = logprobs_from_logits(logits[:, :-1], labels.clamp(min=0)) * (labels != IGNORE_INDEX)
+            token_logps = causal_lm_label_logprobs(model, batch["input_ids"], batch["labels"],
+                                                   attention_mask=batch["attention_mask"])
             sums += token_logps.sum(-1).tolist()
     return sums
 

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from lightalign.config.schema import LoraSettings
 from lightalign.errors import ConfigError
+from lightalign.models.lora_dropout import fold_lora_dropout
 
 # Non-reentrant checkpointing (transformers' own default): frozen inputs need no requires_grad hack, and PPO's
 # per-role backward passes recompute under the adapter that is active then.
@@ -66,6 +67,7 @@ def apply_lora(
     config = build_lora_config(settings, task_type=task_type, modules_to_save=modules_to_save)
     peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     upcast_trainable(peft_model)
+    fold_lora_dropout(peft_model)  # same values, a fraction of the activation memory
     return peft_model
 
 
@@ -132,4 +134,5 @@ def load_adapter_model(
     """
     peft_model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
     upcast_trainable(peft_model)
+    fold_lora_dropout(peft_model)
     return peft_model
