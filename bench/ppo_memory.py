@@ -97,20 +97,21 @@ class SeparateRoles:
 
         return response_logits(self.policy, input_ids, attention_mask, start, temperature)
 
-    def policy_logprobs(self, input_ids, attention_mask, start, *, temperature):
-        from lightalign.generation import logprobs_from_logits
+    def policy_scores(self, input_ids, attention_mask, start, *, temperature):
+        from lightalign.generation import response_token_scores
 
-        logits = self.policy_logits(input_ids, attention_mask, start, temperature=temperature)
-        return logprobs_from_logits(logits, input_ids[:, start:])
+        return response_token_scores(self.policy, input_ids, attention_mask, start, temperature)
+
+    def policy_logprobs(self, input_ids, attention_mask, start, *, temperature):
+        return self.policy_scores(input_ids, attention_mask, start, temperature=temperature).log_probs
 
     def ref_logprobs(self, input_ids, attention_mask, start, *, temperature):
         import torch
 
-        from lightalign.generation import logprobs_from_logits, response_logits
+        from lightalign.generation import response_logprobs
 
         with torch.no_grad():
-            logits = response_logits(self.ref, input_ids, attention_mask, start, temperature)
-        return logprobs_from_logits(logits, input_ids[:, start:])
+            return response_logprobs(self.ref, input_ids, attention_mask, start, temperature)
 
     def values(self, input_ids, attention_mask, start):
         from lightalign.generation import position_ids_from_mask

@@ -113,6 +113,59 @@ def test_scoring_needs_a_temperature(policy, prompts, tiny_tokenizer):
                          max_new_tokens=2, eos_token_id=2, pad_token_id=tiny_tokenizer.pad_token_id, temperature=0.0)
 
 
+def prompts_with_responses(prompts, vocab_size: int, width: int = 5):
+    """Prompts followed by random responses, the last one right-padded after 2 tokens."""
+    responses = torch.randint(3, vocab_size, (prompts["input_ids"].shape[0], width),
+                              generator=torch.Generator().manual_seed(1))
+    response_mask = torch.ones_like(responses)
+    response_mask[-1, 2:] = 0
+    return (torch.cat([prompts["input_ids"], responses], 1), torch.cat([prompts["attention_mask"], response_mask], 1))
+
+
+def scores_and_lora_gradients(model, input_ids, attention_mask, start, through_logits: bool):
+    """Response log-probs and entropies at temperature 0.7, and the gradient of their masked sum on LoRA."""
+    if through_logits:
+        logits = generation.response_logits(model, input_ids, attention_mask, start, 0.7)
+        log_probs = logprobs_from_logits(logits, input_ids[:, start:])
+        probs = torch.softmax(logits, -1)
+        entropy = -(probs * torch.log_softmax(logits, -1)).sum(-1).detach()
+    else:
+        scores = generation.response_token_scores(model, input_ids, attention_mask, start, 0.7)
+        log_probs, entropy = scores.log_probs, scores.entropy
+    mask = attention_mask[:, start:].bool()
+    model.zero_grad(set_to_none=True)
+    log_probs[mask].sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return log_probs.detach()[mask], entropy[mask], grads
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "lm_head"]], ids=["body", "lm_head-lora"])
+def test_response_token_scores_match_the_full_logits_with_their_gradients(prompts, tiny_tokenizer, targets):
+    # chunked through the output layer where it is a plain matrix; an adapter on it takes the full logits
+    model = apply_lora(load_base_model(TINY, Quantization()), LoraSettings(r=4, alpha=8, dropout=0.0,
+                                                                            target_modules=targets))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    input_ids, attention_mask = prompts_with_responses(prompts, tiny_tokenizer.vocab_size)
+    start = prompts["input_ids"].shape[1]
+    chunked = scores_and_lora_gradients(model, input_ids, attention_mask, start, through_logits=False)
+    full = scores_and_lora_gradients(model, input_ids, attention_mask, start, through_logits=True)
+    torch.testing.assert_close(chunked[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked[1], full[1], atol=1e-5, rtol=1e-5)
+    assert chunked[2].keys() == full[2].keys() and any("lora_A" in name for name in full[2])
+    if "lm_head" in targets:
+        assert any("lm_head" in name for name in full[2])
+    for name, grad in full[2].items():
+        torch.testing.assert_close(chunked[2][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_response_token_scores_need_a_temperature(policy, prompts):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        generation.response_token_scores(policy, prompts["input_ids"], prompts["attention_mask"], 2, 0.0)
+
+
 def test_decode_answers_drops_the_stop_token_and_padding(tiny_tokenizer):
     eos = tiny_tokenizer.eos_token_id
     hi = tiny_tokenizer("Hi", add_special_tokens=False)["input_ids"]

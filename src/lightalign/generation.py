@@ -25,6 +25,7 @@ from lightalign.config.schema import DENSE_WEIGHTS
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import Message
+from lightalign.models.logprobs import LabelLogprobs, label_logprobs, label_logprobs_from_logits, output_weight
 from lightalign.models.modes import eval_mode
 from lightalign.progress import progress_bar
 
@@ -111,6 +112,50 @@ def response_logits(
         use_cache=False,
     )
     return output.logits[:, :-1].float() / temperature
+
+
+def last_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The transformer body's last hidden states ``[B, L, H]`` (after its final norm, no output layer) under
+    the active adapter, positions from the mask as ``generate`` computes them (left padding skipped)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    output = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,  # model.model for Llama
+                                     position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return output.last_hidden_state
+
+
+def response_token_scores(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_start: int, temperature: float = 1.0
+) -> LabelLogprobs:
+    """Log-probability (and entropy, ...) of each response token under ``logits / temperature``, each ``[B, T]``.
+
+    The same numbers as :func:`logprobs_from_logits` over :func:`response_logits`, without their ``[B, T, V]``
+    fp32 logits (and the as-large log-softmax autograd keeps): the body's hidden states at the response
+    positions go through the output layer a chunk of tokens at a time
+    (:func:`~lightalign.models.logprobs.label_logprobs`). For GRPO's update on the demo (32 answers x 24
+    tokens, 49 k vocabulary) those logits are 150 MB a copy. Models whose output layer is not a plain matrix
+    (:func:`~lightalign.models.logprobs.output_weight`) take the full logits. Values at padding positions are
+    meaningless: mask them.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    weight = output_weight(causal_lm)
+    tokens = input_ids[:, response_start:]
+    if weight is None:
+        return label_logprobs_from_logits(
+            response_logits(model, input_ids, attention_mask, response_start, temperature), tokens)
+    hidden = last_hidden_states(model, input_ids, attention_mask)[:, response_start - 1 : -1]
+    # (h / τ) W^T = (h W^T) / τ: the temperature scales the hidden states instead of the logits
+    scored = label_logprobs((hidden / temperature).reshape(-1, hidden.shape[-1]), weight.to(hidden.device),
+                            tokens.reshape(-1))
+    return LabelLogprobs(*(values.view(tokens.shape) for values in scored))
+
+
+def response_logprobs(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_start: int, temperature: float = 1.0
+) -> Tensor:
+    """``[B, T]`` log-probability of each response token at ``temperature`` (:func:`response_token_scores`)."""
+    return response_token_scores(model, input_ids, attention_mask, response_start, temperature).log_probs
 
 
 # ---- dense weights for decoding ----------------------------------------------------------------------------------
@@ -345,11 +390,8 @@ def sample_and_score(
 
     def score() -> Tensor:
         chunks = [
-            logprobs_from_logits(
-                response_logits(model, input_ids[i : i + forward_batch_size],
-                                attention_mask[i : i + forward_batch_size], start, temperature),
-                responses.tokens[i : i + forward_batch_size],
-            )
+            response_logprobs(model, input_ids[i : i + forward_batch_size],
+                              attention_mask[i : i + forward_batch_size], start, temperature)
             for i in range(0, input_ids.shape[0], forward_batch_size)
         ]
         return torch.cat(chunks)

@@ -28,7 +28,7 @@ from lightalign.data.collators import pad_sequences
 from lightalign.data.tokenize import encode_exchange, keep_last
 from lightalign.data.types import Message
 from lightalign.errors import ConfigError
-from lightalign.generation import position_ids_from_mask
+from lightalign.generation import last_hidden_states
 from lightalign.models.modes import eval_mode
 from lightalign.models.roles import POLICY, REWARD, activate, use_adapter
 from lightalign.models.score_position import score_pad_token_id, scored_positions
@@ -142,15 +142,6 @@ def load_trunk_adapter(model: PeftModel, folder: Path, adapter_name: str, *, tra
         raise ConfigError(
             f"{folder}: adapter does not fit the base model (unexpected {unexpected[:3]}, missing {missing[:3]})"
         )
-
-
-def last_hidden_states(model: PeftModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The transformer body's last hidden states ``[B, L, H]`` (no LM head) under the active adapter, positions
-    from the mask as ``generate`` computes them (left padding skipped)."""
-    decoder = model.get_base_model().get_decoder()  # model.model for Llama/Qwen2
-    output = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    return output.last_hidden_state
 
 
 class RewardRole:

@@ -26,6 +26,7 @@ from lightalign.models.logprobs import (
     causal_lm_label_logprobs,
     install_chunked_lm_head,
     label_logprobs,
+    label_logprobs_from_logits,
     output_weight,
     use_chunked_logprobs,
 )
@@ -69,6 +70,18 @@ def test_label_logprobs_match_the_full_log_softmax_with_gradients(chunk_tokens):
     assert torch.equal(ours.is_top1, logits.argmax(-1) == labels)
     torch.testing.assert_close(ours.mean_logits, logits.mean(-1))
     assert not (ours.entropy.requires_grad or ours.mean_logits.requires_grad)
+
+
+def test_the_full_logits_fallback_gives_the_same_fields():
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(20, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(40, 8, generator=generator)
+    labels = torch.randint(0, 40, (20,), generator=generator)
+    chunked, full = label_logprobs(hidden, weight, labels, chunk_tokens=6), label_logprobs_from_logits(
+        hidden @ weight.t(), labels)
+    for ours, theirs in zip(chunked, full, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert full.log_probs.requires_grad and not full.entropy.requires_grad
 
 
 def test_gradients_pass_gradcheck_also_for_a_trained_output_layer():

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lightalign.errors import NonFiniteLossError
-from lightalign.generation import logprobs_from_logits, response_logits
+from lightalign.generation import response_logprobs
 from lightalign.grpo.losses import Aggregation, grpo_loss
 from lightalign.grpo.rollout import GroupBatch
 from lightalign.rl.objectives import KLEstimator
@@ -85,10 +85,8 @@ def grpo_update(
                 minibatch_loss = 0.0
                 for micro_start in range(0, minibatch_size, micro_batch_size):
                     part = batch.select(minibatch[micro_start : micro_start + micro_batch_size])
-                    logits = response_logits(model, part.input_ids, part.attention_mask, part.response_start,
-                                             temperature)
-                    new_logprobs = logprobs_from_logits(logits, part.responses)
-                    del logits
+                    new_logprobs = response_logprobs(model, part.input_ids, part.attention_mask,
+                                                     part.response_start, temperature)
                     old = part.old_logprobs if part.old_logprobs is not None else new_logprobs.detach()
                     loss, stats = grpo_loss(new_logprobs, old, part.advantages, part.mask, clip_range=clip_range,
                                             beta=beta, ref_logprobs=part.ref_logprobs, kl_estimator=kl_estimator,

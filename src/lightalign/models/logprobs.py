@@ -147,6 +147,18 @@ def label_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, chunk_toke
     return LabelLogprobs(*_LabelLogprobsFunction.apply(hidden, weight, labels, chunk))
 
 
+def label_logprobs_from_logits(logits: Tensor, labels: Tensor) -> LabelLogprobs:
+    """:class:`LabelLogprobs` from full logits ``[..., V]`` and labels ``[...]`` (no ``-100``): the reference
+    :func:`label_logprobs` equals, and the fallback where :func:`output_weight` is None."""
+    logits = logits.float()
+    log_total = torch.logsumexp(logits, dim=-1)
+    log_probs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_total
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)
+        entropy = log_total - (probs * logits).sum(-1)
+        return LabelLogprobs(log_probs, entropy, logits.argmax(-1) == labels, logits.mean(-1))
+
+
 def output_weight(model: nn.Module) -> Tensor | None:
     """The output layer's weight, when :func:`label_logprobs` computes exactly the model's logits (else None).
 
@@ -154,6 +166,8 @@ def output_weight(model: nn.Module) -> Tensor | None:
     config scales or caps the logits (Gemma 2's soft-capping, Cohere's logit scale, ...).
     """
     head = model.get_output_embeddings()
+    if hasattr(head, "base_layer"):  # an adapter on the output layer (PEFT's lm_head LoRA): its logits are not W·h
+        return None
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     weight = getattr(head, "weight", None)
     if (weight is None or getattr(head, "bias", None) is not None or not isinstance(weight, nn.Parameter)

@@ -46,11 +46,13 @@ from lightalign.config.schema import LoraSettings
 from lightalign.errors import ConfigError
 from lightalign.generation import (
     GeneratedResponses,
-    logprobs_from_logits,
+    last_hidden_states,
     response_logits,
+    response_token_scores,
     sample_responses,
 )
 from lightalign.models.adapters import build_lora_config, upcast_trainable
+from lightalign.models.logprobs import LabelLogprobs
 from lightalign.models.modes import disable_dropout
 from lightalign.models.roles import (
     POLICY,
@@ -65,7 +67,7 @@ from lightalign.models.roles import (
     use_reference,
 )
 from lightalign.models.score_position import score_pad_token_id
-from lightalign.reward_model import RewardRole, last_hidden_states, load_score_head, load_trunk_adapter
+from lightalign.reward_model import RewardRole, load_score_head, load_trunk_adapter
 
 # Checkpoint key prefix (the role) -> adapter name.
 _CHECKPOINTED = {"policy": POLICY, "value": VALUE}
@@ -138,15 +140,17 @@ class SharedBaseRoles:
     ) -> Tensor:
         """Logits of the policy at the response positions divided by ``temperature`` ``[B, T, V]`` (with grad).
 
-        Use this when the entropy is wanted too; otherwise :meth:`policy_logprobs`.
+        Only for an entropy bonus, which needs the entropy's gradient; otherwise :meth:`policy_scores`, which
+        keeps no full-vocabulary logits.
         """
         activate(self.model, POLICY)
         return self._response_logits(input_ids, attention_mask, response_start, temperature)
 
-    def policy_logprobs(
+    def policy_scores(
         self, input_ids: Tensor, attention_mask: Tensor, response_start: int, *, temperature: float
-    ) -> Tensor:
-        """Log-probabilities of the response tokens under the policy at ``temperature`` ``[B, T]`` (with grad).
+    ) -> LabelLogprobs:
+        """Log-probabilities of the response tokens under the policy at ``temperature`` (with grad) and their
+        next-token entropies (a diagnostic, no grad), each ``[B, T]``.
 
         Args:
             input_ids: ``[B, P + T]`` left-padded prompts followed by right-padded responses.
@@ -155,11 +159,16 @@ class SharedBaseRoles:
             response_start: ``P``, the column where responses start.
             temperature: the one the responses were sampled at.
 
-        Returns:
-            ``[B, T]``; values at padding positions are meaningless and must be masked by the caller.
+        Values at padding positions are meaningless and must be masked by the caller.
         """
-        logits = self.policy_logits(input_ids, attention_mask, response_start, temperature=temperature)
-        return logprobs_from_logits(logits, input_ids[:, response_start:])
+        activate(self.model, POLICY)
+        return response_token_scores(self.model, input_ids, attention_mask, response_start, temperature)
+
+    def policy_logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, response_start: int, *, temperature: float
+    ) -> Tensor:
+        """``[B, T]`` log-probabilities of the response tokens under the policy (:meth:`policy_scores`)."""
+        return self.policy_scores(input_ids, attention_mask, response_start, temperature=temperature).log_probs
 
     @torch.no_grad()
     def ref_logprobs(
@@ -168,8 +177,8 @@ class SharedBaseRoles:
         """Log-probabilities of the response tokens under the frozen reference at ``temperature`` ``[B, T]``
         (no grad): the policy's temperature, so that the KL compares the same distributions."""
         with use_reference(self.model):
-            logits = self._response_logits(input_ids, attention_mask, response_start, temperature)
-        return logprobs_from_logits(logits, input_ids[:, response_start:])
+            return response_token_scores(self.model, input_ids, attention_mask, response_start,
+                                         temperature).log_probs
 
     def values(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
         """Value of the state before each response token ``[B, T]`` (with grad; wrap in no_grad at rollout)."""

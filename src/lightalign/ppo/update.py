@@ -19,6 +19,7 @@ from lightalign.generation import logprobs_from_logits
 from lightalign.ppo.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles
 from lightalign.ppo.rollout import Rollout
+from lightalign.rl.masked import masked_mean
 
 
 def _check_finite(value: torch.Tensor, what: str) -> None:
@@ -82,16 +83,19 @@ def ppo_update(
                     part = rollout.select(rows.to(rollout.input_ids.device))
                     args = (part.input_ids, part.attention_mask, part.response_start)
 
-                    logits = roles.policy_logits(*args, temperature=settings.temperature)
-                    new_logprobs = logprobs_from_logits(logits, part.responses)
+                    if settings.entropy_coef:  # an entropy bonus needs its gradient: the full logits
+                        logits = roles.policy_logits(*args, temperature=settings.temperature)
+                        new_logprobs = logprobs_from_logits(logits, part.responses)
+                        entropy = entropy_from_logits(logits, part.mask)
+                        del logits
+                    else:  # the entropy is a diagnostic: no [B, T, V] logits are kept
+                        scores = roles.policy_scores(*args, temperature=settings.temperature)
+                        new_logprobs, entropy = scores.log_probs, masked_mean(scores.entropy, part.mask)
                     pg_loss, pg_stats = policy_loss(new_logprobs, part.logprobs, part.advantages, part.mask,
                                                     settings.clip_range)
-                    # The entropy needs gradients only when it is a bonus; otherwise it is a diagnostic.
-                    entropy = entropy_from_logits(logits if settings.entropy_coef else logits.detach(), part.mask)
                     loss = pg_loss - settings.entropy_coef * entropy
                     _check_finite(loss, "policy loss")
                     (loss * weight).backward()
-                    del logits
 
                     new_values = roles.values(*args)
                     vf_loss, vf_stats = value_loss(new_values, part.values, part.returns, part.mask,
