@@ -219,8 +219,12 @@ def available_memory_bytes() -> int:
 
 def dense_weights_bytes(model: nn.Module) -> int:
     """Bytes a dense copy of ``model``'s 4-bit layers takes (in their compute dtype); 0 without 4-bit layers."""
+    return _dense_bytes(_four_bit_layers(model))
+
+
+def _dense_bytes(layers: list[tuple[nn.Module, str, nn.Module]]) -> int:
     total = 0
-    for _, _, layer in _four_bit_layers(model):
+    for _, _, layer in layers:
         dtype = layer.compute_dtype or layer.weight.quant_state.dtype
         total += layer.in_features * layer.out_features * torch.finfo(dtype).bits // 8
     return total
@@ -233,16 +237,19 @@ def uses_dense_weights(model: nn.Module, mode: str = "auto") -> bool:
     ``DENSE_MEMORY_SHARE`` of the memory available now; never on a GPU, where bitsandbytes' 4-bit kernels
     decode without dequantising the whole layer and the copy would cost the memory QLoRA exists to save.
     """
+    return bool(_layers_to_densify(model, mode))
+
+
+def _layers_to_densify(model: nn.Module, mode: str) -> list[tuple[nn.Module, str, nn.Module]]:
+    """:func:`uses_dense_weights`' decision, as the layers to swap (none: decode in 4 bit); one walk of the model."""
     if mode not in DENSE_WEIGHTS:
         raise ValueError(f"dense_weights={mode!r} is not one of {', '.join(DENSE_WEIGHTS)}")
     layers = _four_bit_layers(model) if mode != "off" else []
-    if not layers:
-        return False
-    if mode == "on":
-        return True
+    if not layers or mode == "on":
+        return layers
     if layers[0][2].weight.device.type != "cpu":
-        return False
-    return dense_weights_bytes(model) <= DENSE_MEMORY_SHARE * available_memory_bytes()
+        return []
+    return layers if _dense_bytes(layers) <= DENSE_MEMORY_SHARE * available_memory_bytes() else []
 
 
 @contextmanager
@@ -259,14 +266,15 @@ def dense_decoding(model: nn.Module, mode: str = "auto") -> Iterator[bool]:
     Yields:
         Whether dense copies are in use (:func:`uses_dense_weights`).
     """
-    if not uses_dense_weights(model, mode):
+    layers = _layers_to_densify(model, mode)
+    if not layers:
         yield False
         return
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         copies: dict[int, DenseLinear] = {}  # a layer shared by two parents gets one copy
         with torch.no_grad():
-            for parent, name, layer in _four_bit_layers(model):
+            for parent, name, layer in layers:
                 if id(layer) not in copies:
                     copies[id(layer)] = _dense_copy(layer)
                 setattr(parent, name, copies[id(layer)])
