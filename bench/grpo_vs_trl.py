@@ -23,7 +23,8 @@ lightalign's stage does and TRL's ``disable_dropout=True`` does — on all linea
 used once; the TRL child checks that its prompt ids equal lightalign's), G, the answer length, β = 0.04,
 temperature 1.0, top-p 1.0, the clip range 0.2, one optimisation pass per batch of answers in one optimiser step,
 token-level loss aggregation (TRL's ``dapo``), answers cut off at the length limit masked from the loss, the
-learning rate and schedule, the seed, the precision (``trainer.precision=auto``) and the reward: the demo's gold
+learning rate and schedule, gradient checkpointing (on: ``conf/trainer/grpo.yaml``, and TRL's default), the seed, the
+precision (``trainer.precision=auto``) and the reward: the demo's gold
 judge (``rewards=gold_judge``, :class:`lightalign.demo.GoldJudge`, adapted to TRL's
 ``(prompts, completions, **kwargs) -> list[float]``). The first step is a warm-up and is not timed: ``--steps``
 must be at least 2.
