@@ -14,9 +14,9 @@ from peft import PeftModel
 from transformers import BitsAndBytesConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from lightalign.errors import ConfigError
-from lightalign.generation import logprobs_from_logits
+from lightalign.generation import logprobs_from_logits, sample_responses
 from lightalign.models.loading import keep_4bit_layers_differentiable
-from lightalign.models.roles import POLICY, REFERENCE, REWARD, VALUE, save_policy
+from lightalign.models.roles import POLICY, REFERENCE, REWARD, VALUE, activate, save_policy
 from lightalign.ppo.losses import policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.reward_model import load_score_head
@@ -169,8 +169,9 @@ def test_logprobs_match_generate_at_the_sampling_temperature(tiny_ppo_dirs):
     torch.testing.assert_close(logits, raw_logits / 0.7, atol=1e-4, rtol=1e-4)
 
 
-def test_generate_uses_clean_sampling_and_truncates(tiny_ppo_dirs):
+def test_the_policy_role_samples_with_a_clean_config_and_truncates(tiny_ppo_dirs):
     roles = build_roles(tiny_ppo_dirs)
+    activate(roles.model, POLICY)
     base_config = roles.model.get_base_model().generation_config
     # Checkpoint defaults that would make sampling greedy: generate() must not pick them up. min_p is one
     # that generate() below does not set explicitly, so only the clean config keeps it out.
@@ -181,8 +182,8 @@ def test_generate_uses_clean_sampling_and_truncates(tiny_ppo_dirs):
     samples = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        samples.append(roles.generate(prompts, prompt_mask, max_new_tokens=6, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-                                      temperature=1.0))
+        samples.append(sample_responses(roles.model, prompts, prompt_mask, max_new_tokens=6, eos_token_id=EOS_ID,
+                                        pad_token_id=PAD_ID, temperature=1.0))
     assert not torch.equal(samples[0].tokens, samples[1].tokens)
     assert roles.model.get_base_model().generation_config is base_config
     for out in samples:

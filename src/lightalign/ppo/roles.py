@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -45,11 +44,9 @@ from transformers import PreTrainedModel
 from lightalign.config.schema import LoraSettings
 from lightalign.errors import ConfigError
 from lightalign.generation import (
-    GeneratedResponses,
     last_hidden_states,
     response_logits,
     response_token_scores,
-    sample_responses,
 )
 from lightalign.models.adapters import build_lora_config, upcast_trainable
 from lightalign.models.logprobs import LabelLogprobs
@@ -197,37 +194,6 @@ class SharedBaseRoles:
         """Make the policy the active adapter (e.g. before evaluating ``self.model``) and return the model."""
         activate(self.model, POLICY)
         return self.model
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt_ids: Tensor,
-        prompt_mask: Tensor,
-        *,
-        max_new_tokens: int,
-        eos_token_id: int | Sequence[int],
-        pad_token_id: int,
-        temperature: float,
-        top_k: int = 0,
-        top_p: float = 1.0,
-    ) -> GeneratedResponses:
-        """Sample one response per left-padded prompt from the policy at ``temperature``.
-
-        See :func:`~lightalign.generation.sample_responses` (clean sampling config, top-k/p off by default
-        so that PPO's first ratio is exactly 1).
-        """
-        activate(self.model, POLICY)
-        return sample_responses(
-            self.model,
-            prompt_ids,
-            prompt_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
 
     # -------------------------------------------------------------------------------------- checkpoints
 
