@@ -129,13 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     harness.print_load_warning()
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for variant in harness.alternating(VARIANTS, args.rounds):
-        result = harness.run_child(HERE, [*passthrough, f"--child={variant}"])
-        results[variant].append(result)
-        print(f"{variant:16s} {result['tokens_per_second']:8.1f} tokens/s  peak {result['peak_memory_mb']:7.0f} MB  "
-              f"({result['tokens']} tokens in {result['seconds']:.1f} s, dense weights {result['dense_weights']})",
-              flush=True)
+    results = harness.run_variants(
+        HERE, VARIANTS, args.rounds, passthrough,
+        lambda variant, result: f"{variant:16s} {result['tokens_per_second']:8.1f} tokens/s  peak "
+        f"{result['peak_memory_mb']:7.0f} MB  ({result['tokens']} tokens in {result['seconds']:.1f} s, "
+        f"dense weights {result['dense_weights']})")
 
     base_speed = harness.median_of(results["generate"], "tokens_per_second")
     base_memory = max(r["peak_memory_mb"] for r in results["generate"])

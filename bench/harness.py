@@ -159,6 +159,18 @@ def alternating(variants: Sequence[str], rounds: int) -> list[str]:
     return order
 
 
+def run_variants(script: Path, variants: Sequence[str], rounds: int, passthrough: Sequence[str],
+                 describe: Callable[[str, dict[str, Any]], str]) -> dict[str, list[dict[str, Any]]]:
+    """Run ``script --child=VARIANT`` for each variant, :func:`alternating` over ``rounds``, printing
+    ``describe(variant, result)`` as each finishes; the results by variant, in run order."""
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for variant in alternating(variants, rounds):
+        result = run_child(script, [*passthrough, f"--child={variant}"])
+        results[variant].append(result)
+        print(describe(variant, result), flush=True)
+    return results
+
+
 def median_of(results: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in results)
 

@@ -210,13 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     harness.print_load_warning()
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for variant in harness.alternating(VARIANTS, args.rounds):
-        result = harness.run_child(HERE, [*passthrough, f"--child={variant}"])
-        results[variant].append(result)
-        print(f"{variant:18s} {result['tokens_per_second']:8.1f} tokens/s  peak {result['peak_memory_mb']:7.0f} MB  "
-              f"({result['precision']}, gradient checkpointing {result['gradient_checkpointing']}, "
-              f"padding {result['padding_fraction']:.1%})", flush=True)
+    results = harness.run_variants(
+        HERE, VARIANTS, args.rounds, passthrough,
+        lambda variant, result: f"{variant:18s} {result['tokens_per_second']:8.1f} tokens/s  peak "
+        f"{result['peak_memory_mb']:7.0f} MB  ({result['precision']}, gradient checkpointing "
+        f"{result['gradient_checkpointing']}, padding {result['padding_fraction']:.1%})")
     check = harness.run_child(HERE, [*passthrough, "--child=check"])
 
     base_speed = harness.median_of(results["trl"], "tokens_per_second")
