@@ -15,7 +15,6 @@ from lightalign.generation import (
     dense_decoding,
     dense_weights_bytes,
     generate_answers,
-    logprobs_from_logits,
     position_ids_from_mask,
     sample_and_score,
     sample_responses,
@@ -24,6 +23,7 @@ from lightalign.generation import (
     uses_dense_weights,
 )
 from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model, resolve_precision
+from lightalign.models.logprobs import logprobs_from_logits
 
 TINY = "lightalign:tiny-random"
 PAD_ID, EOS_ID = 0, 2

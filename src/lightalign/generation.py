@@ -1,8 +1,9 @@
-"""Decode answers and score their tokens: the one home of sampling and token log-probs.
+"""Decode answers and score their tokens: the one home of sampling and of response log-probs.
 
 Every sampler (eval hooks, PPO rollouts, rankings, ``lightalign rank`` and ``chat``) and every on-policy
-score (PPO's log-probs, the KL evals) goes through this module; ``eval/`` and ``ppo/`` both build on it and
-it imports neither.
+score (PPO's and GRPO's log-probs, the KL evals) goes through this module; ``eval/`` and ``ppo/`` both build on
+it and it imports neither. The log-probs themselves, from hidden states or full logits, are
+:mod:`lightalign.models.logprobs`'.
 
 Shapes follow one convention: ``input_ids = cat([prompt_ids, response_ids], 1)`` where prompts are
 left-padded to width ``P`` (``response_start``) and responses right-padded to width ``T``; the attention
@@ -25,7 +26,13 @@ from lightalign.config.schema import DENSE_WEIGHTS
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import Message
-from lightalign.models.logprobs import LabelLogprobs, label_logprobs, label_logprobs_from_logits, output_weight
+from lightalign.models.logprobs import (
+    LabelLogprobs,
+    causal_lm_of,
+    label_logprobs,
+    label_logprobs_from_logits,
+    output_weight,
+)
 from lightalign.models.modes import eval_mode
 from lightalign.progress import progress_bar
 
@@ -82,13 +89,6 @@ def truncate_after_eos(tokens: Tensor, eos_token_id: int | Sequence[int], pad_to
 # ---- token log-probs ---------------------------------------------------------------------------------------------
 
 
-def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Log-probability of each token under ``logits``: ``[B, T, V]``, ``[B, T]`` -> ``[B, T]`` (fp32)."""
-    logits = logits.float()
-    # gather - logsumexp avoids materialising a second [B, T, V] tensor of log-softmax values.
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding, as ``generate`` computes them (pads get position 0)."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -117,7 +117,7 @@ def response_logits(
 def last_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The transformer body's last hidden states ``[B, L, H]`` (after its final norm, no output layer) under
     the active adapter, positions from the mask as ``generate`` computes them (left padding skipped)."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = causal_lm_of(model)
     output = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,  # model.model for Llama
                                      position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     return output.last_hidden_state
@@ -138,7 +138,7 @@ def response_token_scores(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = causal_lm_of(model)
     weight = output_weight(causal_lm)
     tokens = input_ids[:, response_start:]
     if weight is None:
@@ -314,7 +314,7 @@ def sample_responses(
     Returns:
         :class:`GeneratedResponses`, truncated after the first stop token.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm_of(model)
     saved_config = base.generation_config
     base.generation_config = GenerationConfig()
     try:

@@ -11,11 +11,12 @@ import torch
 from lightalign.data import load_prompt_examples
 from lightalign.data.tokenize import tokenize_prompts
 from lightalign.errors import NonFiniteLossError
-from lightalign.generation import logprobs_from_logits, response_logits
+from lightalign.generation import response_logits
 from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import GroupRollout, sample_groups
 from lightalign.grpo.update import grpo_update
 from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
+from lightalign.models.logprobs import logprobs_from_logits
 from lightalign.models.modes import disable_dropout
 from lightalign.models.roles import POLICY, REFERENCE, load_policy_and_reference, use_reference
 from lightalign.rl.prompts import PromptSampler

@@ -14,8 +14,9 @@ from peft import PeftModel
 from transformers import BitsAndBytesConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from lightalign.errors import ConfigError
-from lightalign.generation import logprobs_from_logits, sample_responses
+from lightalign.generation import sample_responses
 from lightalign.models.loading import keep_4bit_layers_differentiable
+from lightalign.models.logprobs import logprobs_from_logits
 from lightalign.models.roles import POLICY, REFERENCE, REWARD, VALUE, activate, save_policy
 from lightalign.ppo.losses import policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles

@@ -14,8 +14,9 @@ from lightalign.data import load_prompt_examples
 from lightalign.data.formats import prompt_text
 from lightalign.data.tokenize import encode_exchange, tokenize_prompts
 from lightalign.errors import ConfigError, NonFiniteLossError
-from lightalign.generation import logprobs_from_logits, position_ids_from_mask
+from lightalign.generation import position_ids_from_mask
 from lightalign.models import LoraSettings, Quantization, load_base_model, resolve_precision
+from lightalign.models.logprobs import logprobs_from_logits
 from lightalign.models.roles import POLICY, REFERENCE, adapters_disabled, reference_kind
 from lightalign.ppo.advantages import gae_advantages
 from lightalign.ppo.rewards import score_answers

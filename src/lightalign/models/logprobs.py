@@ -147,15 +147,21 @@ def label_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, chunk_toke
     return LabelLogprobs(*_LabelLogprobsFunction.apply(hidden, weight, labels, chunk))
 
 
+def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Log-probability of each token under full logits: ``[..., V]``, ``[...]`` -> ``[...]`` (fp32)."""
+    logits = logits.float()
+    # gather - logsumexp avoids materialising a second [..., V] tensor of log-softmax values.
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def label_logprobs_from_logits(logits: Tensor, labels: Tensor) -> LabelLogprobs:
     """:class:`LabelLogprobs` from full logits ``[..., V]`` and labels ``[...]`` (no ``-100``): the reference
     :func:`label_logprobs` equals, and the fallback where :func:`output_weight` is None."""
-    logits = logits.float()
-    log_total = torch.logsumexp(logits, dim=-1)
-    log_probs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_total
+    log_probs = logprobs_from_logits(logits, labels)
     with torch.no_grad():
+        logits = logits.float()
         probs = torch.softmax(logits, dim=-1)
-        entropy = log_total - (probs * logits).sum(-1)
+        entropy = torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
         return LabelLogprobs(log_probs, entropy, logits.argmax(-1) == labels, logits.mean(-1))
 
 
@@ -178,7 +184,8 @@ def output_weight(model: nn.Module) -> Tensor | None:
     return weight
 
 
-def _causal_lm(model: nn.Module) -> nn.Module:
+def causal_lm_of(model: nn.Module) -> nn.Module:
+    """The causal LM itself: ``model``, or the one a PEFT model wraps."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -204,12 +211,11 @@ def causal_lm_label_logprobs(model: nn.Module, input_ids: Tensor, labels: Tensor
     the last hidden state only; the output layer then sees the labelled positions (:func:`label_logprobs`).
     Falls back to the model's full logits where :func:`output_weight` is None.
     """
-    causal_lm = _causal_lm(model)
+    causal_lm = causal_lm_of(model)
     if output_weight(causal_lm) is None:
-        logits = model(input_ids=input_ids, use_cache=False, **model_inputs).logits[:, :-1].float()
+        logits = model(input_ids=input_ids, use_cache=False, **model_inputs).logits[:, :-1]
         target = labels[:, 1:]
-        picked = logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-        return picked * (target != IGNORE_INDEX)
+        return logprobs_from_logits(logits, target.clamp(min=0)) * (target != IGNORE_INDEX)
     output = model(input_ids=input_ids, use_cache=False, logits_to_keep=1, output_hidden_states=[-1], **model_inputs)
     return _shifted_label_logprobs(causal_lm, output.hidden_states[-1][:, :-1], labels[:, 1:])[0].log_probs
 
@@ -234,7 +240,7 @@ def install_chunked_lm_head(model: nn.Module, mode: str = "auto") -> bool:
     """
     from trl.trainer.utils import FusedCausalLMOutput
 
-    causal_lm = _causal_lm(model)
+    causal_lm = causal_lm_of(model)
     config = causal_lm.config.get_text_config()
     if (not use_chunked_logprobs(mode) or output_weight(causal_lm) is None
             or getattr(config, "output_router_logits", False)):

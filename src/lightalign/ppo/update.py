@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from lightalign.config.schema import PPOSettings
 from lightalign.errors import NonFiniteLossError
-from lightalign.generation import logprobs_from_logits
+from lightalign.models.logprobs import logprobs_from_logits
 from lightalign.ppo.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles
 from lightalign.ppo.rollout import Rollout
