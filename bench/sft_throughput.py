@@ -10,7 +10,7 @@ layers), on the same demo dialogues, with the same batch size and maximum length
 - ``lightalign``: what ``recipes/sft.py`` runs: our tokenisation (completion-only labels) and collator, our
   precision choice and trainer arguments (``build_trl_args``), fp32 adapters; ``lightalign-packed`` adds
   ``trainer.packing=true`` (padding-free rows); ``lightalign-gc`` adds ``trainer.gradient_checkpointing=true``
-  (TRL's default: activations recomputed in the backward pass, for memory);
+  (TRL's default: activations recomputed in the backward pass, for memory), ``lightalign-packed-gc`` both;
 - ``trl``: ``SFTTrainer(model=folder, peft_config=..., quantization_config=...)`` on the same dialogues as
   conversational prompt/completion rows, everything else at TRL's defaults (gradient checkpointing, bf16 on a
   GPU, its own tokenisation and collator). On a CPU TRL refuses to start at its defaults (its bf16 default "needs
@@ -35,7 +35,7 @@ from pathlib import Path
 import harness
 
 HERE = Path(__file__).resolve()
-VARIANTS = ("lightalign", "lightalign-packed", "lightalign-gc", "trl")
+VARIANTS = ("lightalign", "lightalign-packed", "lightalign-gc", "lightalign-packed-gc", "trl")
 TARGET_SPEED, TARGET_MEMORY = 1.5, 1.0
 
 
@@ -141,7 +141,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         if variant == "trl":
             trainer = build_trl_trainer(args, Path(tmp), callbacks=[timer])
         else:
-            trainer = build_lightalign_trainer(args, Path(tmp), packing=variant.endswith("packed"), callbacks=[timer],
+            trainer = build_lightalign_trainer(args, Path(tmp), packing="-packed" in variant, callbacks=[timer],
                                                gradient_checkpointing=variant.endswith("-gc"))
         counter = harness.CountingCollator(trainer.data_collator)
         trainer.data_collator = counter  # the dataloader is built in train(), from this attribute
@@ -231,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
           f"lightalign packed {check['loss_lightalign_packed']:.6f}; identical input_ids {check['same_input_ids']}, "
           f"labels {check['same_labels']}")
     # the target is met if one lightalign setting is both fast enough and small enough
-    meeting = [r for r in rows[:3] if r[2] >= TARGET_SPEED and r[4] <= TARGET_MEMORY]
-    best = meeting[0] if meeting else max(rows[:3], key=lambda r: r[2])
+    ours = [r for r in rows if r[0] != "trl"]
+    meeting = [r for r in ours if r[2] >= TARGET_SPEED and r[4] <= TARGET_MEMORY]
+    best = meeting[0] if meeting else max(ours, key=lambda r: r[2])
     met = bool(meeting)
     print(f"target >= {TARGET_SPEED}x TRL tokens/s at <= {TARGET_MEMORY}x its peak memory: {best[0]} "
           f"{best[2]:.2f}x at {best[4]:.2f}x -> {'met' if met else 'missed'}")

@@ -98,7 +98,9 @@ def main(cfg: DictConfig) -> None:
     args = build_trl_args(
         DPOConfig, run.trainer, out, precision,
         beta=run.dpo.beta,
-        loss_type=[run.dpo.loss_type],
+        # dpo.sft_weight > 0: TRL adds its "sft" loss (NLL of the chosen answer) with that weight (RPO)
+        loss_type=[run.dpo.loss_type, "sft"] if run.dpo.sft_weight > 0 else [run.dpo.loss_type],
+        loss_weights=[1.0, run.dpo.sft_weight] if run.dpo.sft_weight > 0 else None,
         max_length=None,  # over-long pairs were handled above (data.overlong)
     )
     trainer = TokenizedDPOTrainer(

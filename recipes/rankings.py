@@ -14,8 +14,9 @@ re-run skips them. On the held-out prompts (data.prompts) it measures the headro
 answers' gold score and correct fraction against pass@k, the share with a correct answer among k samples.
 
 Writes DIR/rankings.jsonl (the reward stage's ranking format, plus each row's scores, model and sampling
-settings; rows where every answer tied are left out and counted), DIR/pairs.jsonl (every ranked pair, for
-DPO), DIR/judged.jsonl, DIR/samples.jsonl (greedy held-out answers), DIR/metrics.json.
+settings; rows where every answer tied are left out and counted), DIR/pairs.jsonl (DPO's pairs: every ranked
+pair, or with ``rankings.pair_margin`` those whose scores differ by at least that much), DIR/judged.jsonl,
+DIR/samples.jsonl (greedy held-out answers), DIR/metrics.json.
 """
 
 from __future__ import annotations
@@ -71,13 +72,19 @@ def main(cfg: DictConfig) -> None:
         )
     ranked = [row for row in rows if has_preference(row)]
     pairs = [pair for row in ranked for pair in ranked_pairs(row)]
+    # DPO's pairs: with rankings.pair_margin only those whose judge scores differ by at least that much
+    dpo_pairs = [pair for row in ranked for pair in ranked_pairs(row, opts.pair_margin)]
     print(f"rankings: {len(ranked)} of {len(rows)} prompts ranked, {len(pairs)} pairs; "
           f"{len(rows) - len(ranked)} prompts where every answer tied are left out")
+    if opts.pair_margin > 0:
+        print(f"rankings: {len(dpo_pairs)} of the {len(pairs)} pairs differ in score by >= {opts.pair_margin} "
+              "(rankings.pair_margin): DPO's pairs")
     metrics = {
         "rankings_prompts": len(rows),
         "rankings_ranked": len(ranked),
         "rankings_all_tied": len(rows) - len(ranked),
         "rankings_pairs": len(pairs),
+        "rankings_dpo_pairs": len(dpo_pairs),
         "rankings_distinct_answers": sum(len(r["responses"]) for r in rows) / max(len(rows), 1),
     }
     if rows and all("scores" in r for r in rows):
@@ -97,7 +104,7 @@ def main(cfg: DictConfig) -> None:
 
     # ---- save ------------------------------------------------------------------------------------------------
     write_jsonl_atomic(out / "rankings.jsonl", ranked)
-    write_jsonl_atomic(out / "pairs.jsonl", pairs)
+    write_jsonl_atomic(out / "pairs.jsonl", dpo_pairs)
     artefacts = {"rankings": "rankings.jsonl", "pairs": "pairs.jsonl", "base_model": run.model.name_or_path}
     if held_out:
         artefacts["samples"] = SAMPLES

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from lightalign.data import load_prompt_examples
+from lightalign.errors import DataError
 from lightalign.eval.hooks import JudgeError, judge_scores
 from lightalign.rankings import (
     ranked_pairs,
@@ -26,6 +27,15 @@ def test_ranked_pairs_form_no_pair_between_tied_answers():
     row = {"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [1, [0, 2], 3]}
     pairs = {(p["chosen"], p["rejected"]) for p in ranked_pairs(row)}
     assert pairs == {("b", "a"), ("b", "c"), ("b", "d"), ("a", "d"), ("c", "d")}
+
+
+def test_ranked_pairs_with_a_margin_keep_only_pairs_whose_scores_differ_that_much():
+    row = {"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [0, 1, 2, 3], "scores": [0.9, 0.8, 0.3, 0.2]}
+    pairs = {(p["chosen"], p["rejected"]) for p in ranked_pairs(row, min_margin=0.5)}
+    assert pairs == {("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")}  # 0.9 vs 0.8 and 0.3 vs 0.2 are left out
+    assert len(ranked_pairs(row)) == 6
+    with pytest.raises(DataError, match="needs the judge's scores"):
+        ranked_pairs({"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1]}, min_margin=0.5)
 
 
 @pytest.mark.parametrize(("returned", "message"), [

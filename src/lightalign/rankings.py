@@ -113,21 +113,34 @@ def ranking_from_scores(scores: Sequence[float]) -> Ranking:
     return [members[0] if len(members) == 1 else members for members in tiers.values()]
 
 
-def ranked_pairs(row: dict) -> list[dict]:
+def ranked_pairs(row: dict, min_margin: float = 0.0) -> list[dict]:
     """Every (chosen, rejected) pair a ranking row states; tied answers form none.
+
+    With ``min_margin > 0`` only pairs whose judge scores (the row's ``scores``) differ by at least that much:
+    a judge that weighs correctness above form can then hand DPO only the pairs that differ in correctness.
 
     Example:
         >>> ranked_pairs({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [1, [0, 2]]})
         [{'prompt': 'p', 'chosen': 'b', 'rejected': 'a'}, {'prompt': 'p', 'chosen': 'b', 'rejected': 'c'}]
+        >>> ranked_pairs({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 1, 2],
+        ...               "scores": [0.9, 0.7, 0.2]}, min_margin=0.5)
+        [{'prompt': 'p', 'chosen': 'a', 'rejected': 'c'}]
+
+    Raises:
+        DataError: if ``min_margin > 0`` and the row has no ``scores`` (a person's ranking has none).
     """
     tiers = [t if isinstance(t, list) else [t] for t in row["ranking"]]
     responses = row["responses"]
+    if min_margin > 0 and "scores" not in row:
+        raise DataError("rankings", "a margin between pairs needs the judge's scores, and a person's ranking row has "
+                        "none; set rankings.pair_margin=0")
     return [
         {"prompt": row["prompt"], "chosen": responses[better], "rejected": responses[worse]}
         for n, tier in enumerate(tiers)
         for better in tier
         for lower in tiers[n + 1 :]
         for worse in lower
+        if min_margin <= 0 or row["scores"][better] - row["scores"][worse] >= min_margin - 1e-9
     ]
 
 

@@ -248,7 +248,8 @@ PREFERENCE_DATA: list[tuple[str, str, str]] = [
     ("rankings", "correct_fraction", "SFT's greedy answers: correct"),
     ("rankings", "pass_at_k", "SFT's k sampled answers: some answer correct (pass@k)"),
     ("rankings", "rankings_ranked", "prompts ranked (on-policy: SFT's own sampled answers)"),
-    ("rankings", "rankings_pairs", "pairs from those rankings"),
+    ("rankings", "rankings_pairs", "pairs from those rankings (the reward model's)"),
+    ("rankings", "rankings_dpo_pairs", "DPO's pairs (those with a score gap of at least rankings.pair_margin)"),
     ("reward", "pairwise_accuracy", "reward model: held-out pairwise accuracy"),
     ("reward", "base_pairwise_accuracy", "reward model before training (its untrained head)"),
 ]

@@ -53,11 +53,15 @@ def test_ppo_options_check_value_init_and_the_inherited_ppo_settings():
         (lambda: TrainerSettings(precision="bf61"), "trainer.precision='bf61' is not one of auto, bf16, fp16, fp32"),
         (lambda: TrainerSettings(report_to="comet"), "valid: none, tensorboard, wandb, mlflow"),
         (lambda: DPOOptions(loss_type="sigmoïd"), "dpo.loss_type='sigmoïd' is not one of sigmoid, hinge, ipo"),
+        (lambda: DPOOptions(sft_weight=-1.0), r"dpo.sft_weight=-1.0: the NLL weight must be >= 0"),
         (lambda: RankingsStageConfig(judge={"_target_": None}), "rank with a judge .* or a person's rankings"),
+        (lambda: RankingsOptions(pair_margin=-0.1), r"rankings.pair_margin=-0.1: give a score gap >= 0"),
+        (lambda: RankingsOptions(pair_margin=0.4, human="r.jsonl"), "a person's rankings have no scores"),
         (lambda: GenerationSettings(dense_weights="yes"), "generation.dense_weights='yes' is not one of auto, on, off"),
     ],
     ids=["overlong", "lm-format", "preference-format", "preference-overlong", "invalid", "eval-fraction",
-         "precision", "report-to", "loss-type", "no-judge", "dense-weights"],
+         "precision", "report-to", "loss-type", "sft-weight", "no-judge", "pair-margin", "pair-margin-human",
+         "dense-weights"],
 )
 def test_bad_choices_are_config_errors_naming_the_key(build, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
-from lightalign.models.lora_dropout import DropoutLoraA, fold_lora_dropout
+from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model, lora_dropout
+from lightalign.models.lora_dropout import DropoutLoraA, draw_keep_mask, fold_lora_dropout
 
 TINY = "lightalign:tiny-random"
 
@@ -51,7 +51,10 @@ def _step(model):
 
 
 @pytest.mark.parametrize("quant", [None, Quantization()], ids=["full-precision", "nf4"])
-def test_folded_dropout_gives_peft_s_loss_and_gradients_with_less_memory(quant):
+def test_folded_dropout_gives_peft_s_loss_and_gradients_with_less_memory(quant, monkeypatch):
+    # nn.Dropout's own draws (one bernoulli_ per element), so both models drop the same elements
+    monkeypatch.setattr(lora_dropout, "draw_keep_mask",
+                        lambda shape, p, device: (torch.empty(shape).bernoulli_(1 - p).bool(), p))
     peft_loss, peft_grads, peft_bytes = _step(_model(quant, fold=False))
     loss, grads, kept = _step(_model(quant, fold=True))
     assert loss == peft_loss  # the same random numbers, the same arithmetic
@@ -61,6 +64,22 @@ def test_folded_dropout_gives_peft_s_loss_and_gradients_with_less_memory(quant):
     # PEFT keeps the fp32 noise and the dropped-out input of all 7 adapted layers; the fold keeps each distinct
     # input once (q, k and v share theirs; so do gate and up) plus a 1-byte mask per layer
     assert kept < peft_bytes - 200_000
+
+
+def test_the_fast_cpu_mask_keeps_each_element_with_probability_one_minus_p():
+    torch.manual_seed(0)
+    keep, p = draw_keep_mask(torch.Size([1001, 999]), 0.05, torch.device("cpu"))  # not a multiple of 4 elements
+    assert keep.shape == (1001, 999) and keep.dtype == torch.bool
+    assert p == 3277 / 65536  # 0.05 to 1/65536
+    assert 1 - keep.float().mean().item() == pytest.approx(p, abs=0.001)  # 1e6 draws: SE 0.0002
+    for lane in range(4):  # each of the four 16-bit lanes of a 64-bit draw drops at the same rate
+        assert 1 - keep.flatten()[lane::4].float().mean().item() == pytest.approx(p, abs=0.002)
+    # neighbours are independent: the chance both are dropped is p squared, not p
+    both = (~keep.flatten()[:-1] & ~keep.flatten()[1:]).float().mean().item()
+    assert both == pytest.approx(p * p, abs=0.0005)
+    torch.manual_seed(0)
+    assert torch.equal(draw_keep_mask(torch.Size([1001, 999]), 0.05, torch.device("cpu"))[0], keep)  # seeded
+    assert not torch.equal(draw_keep_mask(torch.Size([1001, 999]), 0.05, torch.device("cpu"))[0], keep)
 
 
 def test_the_dropout_is_applied_in_training_and_not_in_eval():

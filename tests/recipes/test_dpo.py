@@ -99,6 +99,17 @@ def test_dpo_recipe_from_sft_learns_a_separable_preference(sft_run, reward_run, 
     assert not (out / "adapter" / "ref").exists()
 
 
+def test_dpo_sft_weight_adds_the_chosen_answers_nll_to_the_loss(sft_run, toy_rankings, tmp_path):
+    out = tmp_path / "rpo"
+    assert cli(["run", "dpo", "model=tiny-random", "data=jsonl", f"data.train={toy_rankings}", "data.limit=8",
+                "eval.num_prompts=0", "trainer.max_steps=1", "trainer.logging_steps=1", f"dpo.sft_adapter={sft_run}",
+                "dpo.sft_weight=0.5", f"hydra.run.dir={out}"]) == 0
+    first = json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[0])
+    # at step 0 DPO's part is ln 2 (policy == reference); the rest is half the chosen answers' token NLL, which
+    # for a random model over its vocabulary is nats, not hundredths
+    assert first["loss"] - LN2 > 0.5 and abs(first["rewards/margins"]) < 1e-4
+
+
 def test_dpo_without_sft_adapter_references_the_base(toy_rankings, tmp_path, capsys):
     out = tmp_path / "dpo"
     assert cli(["run", "dpo", "model=tiny-random", "data=jsonl", f"data.train={toy_rankings}", "data.limit=8",

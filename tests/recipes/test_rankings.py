@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -67,6 +68,21 @@ def test_rankings_resume_skips_finished_prompts_and_reward_starts_from_sft(ranki
     assert cli(["run", "rankings", *QUICK, f"rankings.sft_adapter={sft_run}", "rankings.headroom=false",
                 f"hydra.run.dir={rankings_run}"]) == 0
     assert (rankings_run / "judged.jsonl").read_text() == before
+
+    # rankings.pair_margin: the same rankings (resumed in a copy, nothing sampled), DPO's pairs only those whose
+    # judge scores differ by at least the margin
+    margin_run = tmp_path / "margin"
+    shutil.copytree(rankings_run, margin_run)
+    assert cli(["run", "rankings", *QUICK, f"rankings.sft_adapter={sft_run}", "rankings.headroom=false",
+                "rankings.pair_margin=0.3", f"hydra.run.dir={margin_run}"]) == 0
+    scores = {(row["prompt"], answer): score for row in read_log(rankings_run / "rankings.jsonl")
+              for answer, score in zip(row["responses"], row["scores"], strict=True)}
+    kept = read_log(margin_run / "pairs.jsonl")
+    metrics = json.loads((margin_run / "metrics.json").read_text())
+    assert len(kept) == metrics["rankings_dpo_pairs"] <= metrics["rankings_pairs"]
+    assert all(scores[p["prompt"], p["chosen"]] - scores[p["prompt"], p["rejected"]] >= 0.3 - 1e-9 for p in kept)
+    assert len(kept) == sum(scores[p["prompt"], p["chosen"]] - scores[p["prompt"], p["rejected"]] >= 0.3 - 1e-9
+                            for p in read_log(rankings_run / "pairs.jsonl"))
 
     # the reward stage trains on the on-policy rankings, starting from the SFT adapter
     if read_log(rankings_run / "rankings.jsonl"):

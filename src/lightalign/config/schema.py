@@ -266,11 +266,16 @@ class DPOOptions:
 
     beta: float = 0.1
     loss_type: str = "sigmoid"  # sigmoid | hinge | ipo | ... (DPO_LOSS_TYPES)
+    # + sft_weight * the chosen answer's mean token NLL (RPO, Pang et al. 2024): without it DPO on pairs that differ
+    # in correctness can lower both answers' likelihood and drift to long answers that never end
+    sft_weight: float = 0.0
     sft_adapter: str | None = None  # the policy starts here and the reference is this SFT model; else the base
     reward_model: str | None = None  # a reward stage's run dir: its mean score and win rate vs the reference
 
     def __post_init__(self) -> None:
         check_choice("dpo.loss_type", self.loss_type, DPO_LOSS_TYPES)
+        if not self.sft_weight >= 0:
+            raise ConfigError(f"dpo.sft_weight={self.sft_weight}: the NLL weight must be >= 0 (0: DPO alone)")
 
 
 @dataclass
@@ -371,6 +376,8 @@ class RankingsOptions:
     batch_size: int = 64  # answers per generate call
     human: str | None = None  # a `lightalign rank` output file: its rankings instead of the judge's
     headroom: bool = True  # also measure greedy correctness and pass@k on the held-out prompts (data.prompts)
+    # pairs.jsonl (DPO's pairs) keeps only pairs whose judge scores differ by at least this much; 0: every pair
+    pair_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if not 2 <= self.k <= 32:
@@ -384,6 +391,11 @@ class RankingsOptions:
                 raise ConfigError(f"rankings.{key}={getattr(self, key)}: give a positive number")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ConfigError(f"rankings.num_prompts={self.num_prompts}: give a positive number or null (all)")
+        if not self.pair_margin >= 0:
+            raise ConfigError(f"rankings.pair_margin={self.pair_margin}: give a score gap >= 0 (0: every pair)")
+        if self.pair_margin > 0 and self.human is not None:
+            raise ConfigError(f"rankings.pair_margin={self.pair_margin}: a person's rankings have no scores to take "
+                              "a margin of; set rankings.pair_margin=0 with rankings.human")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from lightalign.config.schema import LoraSettings
 from lightalign.errors import ConfigError
+from lightalign.models.frozen_4bit import keep_dequantized_for_backward
 from lightalign.models.lora_dropout import fold_lora_dropout
 
 # Non-reentrant checkpointing (transformers' own default): frozen inputs need no requires_grad hack, and PPO's
@@ -23,10 +24,17 @@ def is_quantized(model: PreTrainedModel) -> bool:
 
 def prepare_for_training(model: PreTrainedModel, *, gradient_checkpointing: bool = False) -> PreTrainedModel:
     """Ready a base for adapter training: a 4-bit base through PEFT's ``prepare_model_for_kbit_training`` (frozen,
-    its norms and embeddings in fp32), gradient checkpointing on if asked. Every trainable adapter starts here."""
+    its norms and embeddings in fp32), gradient checkpointing on if asked. Every trainable adapter starts here.
+
+    With checkpointing, a 4-bit base's layers keep the weight they dequantise in the (re)computed forward for
+    their backward (:mod:`lightalign.models.frozen_4bit`): one dequantisation fewer a step, one layer's dense
+    weights at a time."""
     if is_quantized(model):
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                               gradient_checkpointing_kwargs=CHECKPOINTING)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=CHECKPOINTING)
+        if gradient_checkpointing:
+            keep_dequantized_for_backward(model)
+        return model
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
     return model
