@@ -123,8 +123,8 @@ def ranked_pairs(row: dict, min_margin: float = 0.0) -> list[dict]:
         >>> ranked_pairs({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [1, [0, 2]]})
         [{'prompt': 'p', 'chosen': 'b', 'rejected': 'a'}, {'prompt': 'p', 'chosen': 'b', 'rejected': 'c'}]
         >>> ranked_pairs({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 1, 2],
-        ...               "scores": [0.9, 0.7, 0.2]}, min_margin=0.5)
-        [{'prompt': 'p', 'chosen': 'a', 'rejected': 'c'}]
+        ...               "scores": [0.9, 0.7, 0.2]}, min_margin=0.5)  # 0.7 - 0.2 is 0.5 to 6 places
+        [{'prompt': 'p', 'chosen': 'a', 'rejected': 'c'}, {'prompt': 'p', 'chosen': 'b', 'rejected': 'c'}]
 
     Raises:
         DataError: if ``min_margin > 0`` and the row has no ``scores`` (a person's ranking has none).
@@ -140,7 +140,8 @@ def ranked_pairs(row: dict, min_margin: float = 0.0) -> list[dict]:
         for better in tier
         for lower in tiers[n + 1 :]
         for worse in lower
-        if min_margin <= 0 or row["scores"][better] - row["scores"][worse] >= min_margin - 1e-9
+        # to SCORE_DECIMALS, as ties are: float noise must not drop a pair that is exactly min_margin apart
+        if min_margin <= 0 or round(row["scores"][better] - row["scores"][worse], SCORE_DECIMALS) >= min_margin
     ]
 
 

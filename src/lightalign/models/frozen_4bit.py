@@ -3,8 +3,9 @@
 bitsandbytes' ``Linear4bit`` dequantises its NF4 weight in the forward pass and keeps only the packed weight for
 the backward pass, which dequantises it a second time to compute the input's gradient. With gradient
 checkpointing a layer's forward runs twice (once without keeping anything, once again just before its backward),
-so every training step dequantises every base weight three times. On a CPU, where the dequantisation is not
-fused into the matmul, that third pass is what made checkpointing cost 45% of SFT's speed (BENCHMARKS.md §1).
+so every training step dequantises every base weight three times. On a CPU the dequantisation is not fused into
+the matmul, but it was only 3-4% of a checkpointed SFT step in bench/sft_profile.py (LoRA dropout's masks were
+what made checkpointing expensive, BENCHMARKS.md §1): this saves that third pass, a few percent of a step.
 
 :func:`keep_dequantized_for_backward` makes each 4-bit layer's forward (:class:`_DequantizedLinear`) keep the
 dense weight it has just made, for its own backward. Under checkpointing that costs the dense weights of *one*
