@@ -22,3 +22,20 @@ def test_checkpoint_step_reads_the_number_of_a_checkpoint_folder_only(tmp_path):
     assert checkpoint_step(tmp_path / "checkpoint-12") == 12
     for name in ("checkpoint-final", "checkpoint-", "rng-3", "checkpoint-1-2", ".checkpoint-4.staging"):
         assert checkpoint_step(tmp_path / name) is None, name
+
+
+def test_checkpointing_reaches_trl_under_transformers_current_name_without_a_warning(tmp_path):
+    import warnings
+
+    from trl import DPOConfig, SFTConfig
+
+    from lightalign.models import resolve_precision
+    from lightalign.training import TrainerSettings, build_trl_args
+
+    for args_cls in (SFTConfig, DPOConfig):
+        for on in (False, True):  # TRL's own default is True: False must win
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", FutureWarning)  # the deprecated name warns
+                args = build_trl_args(args_cls, TrainerSettings(gradient_checkpointing=on), tmp_path,
+                                      resolve_precision("fp32"))
+            assert args.gradient_checkpointing is on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +47,8 @@ def build_trl_args(
         data_seed=settings.seed,
         bf16=precision.bf16,
         fp16=precision.fp16,
-        gradient_checkpointing=settings.gradient_checkpointing,
+        # transformers 5 renamed it (the old name warns on every run); older ones only know the old name
+        **{_checkpointing_field(args_cls): settings.gradient_checkpointing},
         report_to=trl_report_to(settings.report_to),
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -56,6 +58,11 @@ def build_trl_args(
         use_cpu=not torch.cuda.is_available(),
     )
     return args_cls(**{**kwargs, **stage_args})  # a stage may override any of the shared choices
+
+
+def _checkpointing_field(args_cls: type) -> str:
+    names = {f.name for f in dataclasses.fields(args_cls)} if dataclasses.is_dataclass(args_cls) else set()
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
