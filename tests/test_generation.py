@@ -22,7 +22,7 @@ from lightalign.generation import (
     truncate_after_eos,
     uses_dense_weights,
 )
-from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model, resolve_precision
+from lightalign.models import LoraSettings, Quantization, apply_lora, load_base_model
 from lightalign.models.logprobs import logprobs_from_logits
 
 TINY = "lightalign:tiny-random"
@@ -249,8 +249,9 @@ def test_training_after_dense_decoding_gets_the_same_gradients(prompts, tiny_tok
 
 def test_auto_uses_dense_weights_on_a_cpu_when_the_copy_fits(policy, monkeypatch):
     size = dense_weights_bytes(policy)
-    # tiny-random: 2 layers x 7 linear layers in the 4-bit compute dtype
-    per_element = torch.finfo(resolve_precision("auto").compute_dtype).bits // 8
+    # tiny-random: 2 layers x 7 linear layers in the 4-bit compute dtype: lora_policy loads the base with
+    # load_base_model's default, bf16, on every CPU (resolve_precision("auto") would say fp32 without native bf16)
+    per_element = torch.finfo(torch.bfloat16).bits // 8
     assert size == 2 * (4 * 64 * 64 // 2 + 64 * 64 + 3 * 64 * 128) * per_element  # q,o + k,v (2 KV heads) + mlp
     monkeypatch.setattr(generation, "available_memory_bytes", lambda: 4 * size)
     assert uses_dense_weights(policy, "auto") and uses_dense_weights(policy, "on")
