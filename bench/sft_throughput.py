@@ -10,7 +10,8 @@ layers), on the same demo dialogues, with the same batch size and maximum length
 - ``lightalign``: what ``recipes/sft.py`` runs: our tokenisation (completion-only labels) and collator, our
   precision choice and trainer arguments (``build_trl_args``), fp32 adapters; ``lightalign-packed`` adds
   ``trainer.packing=true`` (padding-free rows); ``lightalign-gc`` adds ``trainer.gradient_checkpointing=true``
-  (TRL's default: activations recomputed in the backward pass, for memory), ``lightalign-packed-gc`` both;
+  (TRL's default, and the ``sft`` stage's (``conf/trainer/sft.yaml``; the pipelines turn it off for the demo):
+  activations recomputed in the backward pass, for memory), ``lightalign-packed-gc`` both;
 - ``trl``: ``SFTTrainer(model=folder, peft_config=..., quantization_config=...)`` on the same dialogues as
   conversational prompt/completion rows, everything else at TRL's defaults (gradient checkpointing, bf16 on a
   GPU, its own tokenisation and collator). On a CPU TRL refuses to start at its defaults (its bf16 default "needs
@@ -199,6 +200,16 @@ def check_same_loss(args: argparse.Namespace) -> dict:
 # ---- the parent: run, alternate, report -------------------------------------------------------------------------
 
 
+def default_variant() -> str:
+    """The variant ``lightalign run sft`` trains like: with or without checkpointing (``conf/trainer/sft.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from lightalign.paths import conf_dir
+
+    return "lightalign-gc" if OmegaConf.load(conf_dir() / "trainer" / "sft.yaml").get("gradient_checkpointing") \
+        else "lightalign"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     passthrough = harness.child_arguments(argv)
@@ -230,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsame batch, same model: TRL loss {check['loss_trl']:.6f}, lightalign {check['loss_lightalign']:.6f}, "
           f"lightalign packed {check['loss_lightalign_packed']:.6f}; identical input_ids {check['same_input_ids']}, "
           f"labels {check['same_labels']}")
-    # the target is met if one lightalign setting is both fast enough and small enough
-    ours = [r for r in rows if r[0] != "trl"]
-    meeting = [r for r in ours if r[2] >= TARGET_SPEED and r[4] <= TARGET_MEMORY]
-    best = meeting[0] if meeting else max(ours, key=lambda r: r[2])
-    met = bool(meeting)
-    print(f"target >= {TARGET_SPEED}x TRL tokens/s at <= {TARGET_MEMORY}x its peak memory: {best[0]} "
-          f"{best[2]:.2f}x at {best[4]:.2f}x -> {'met' if met else 'missed'}")
+    # the target is the sft stage's default setting's (issue 15), with the other settings beside it
+    default = default_variant()
+    for name, _, speed, _, memory in rows:
+        if name != "trl":
+            print(f"target >= {TARGET_SPEED}x TRL tokens/s at <= {TARGET_MEMORY}x its peak memory: {name}"
+                  f"{' (the sft stage default)' if name == default else ''} {speed:.2f}x at {memory:.2f}x -> "
+                  f"{'met' if speed >= TARGET_SPEED and memory <= TARGET_MEMORY else 'missed'}")
     print(json.dumps({"results": results, "check": check}), file=sys.stderr)
     return 0
 

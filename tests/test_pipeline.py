@@ -166,3 +166,25 @@ def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(t
 
     with pytest.raises(ConfigError, match="jobs=0"):
         run_pipeline("full", ["model=tiny-random", "jobs=0"], tmp_path / "other")
+
+
+def test_a_pipeline_gives_its_stages_its_own_overrides_before_the_users(tmp_path, capsys):
+    from lightalign.pipeline import pipeline_overrides
+
+    # the shipped pipelines train SFT without checkpointing (the demo's size); dropped where sft does not run
+    for name in pipeline_names():
+        assert pipeline_overrides(name, load_stages(name)) == ["sft.trainer.gradient_checkpointing=false"], name
+    assert pipeline_overrides("full", ["dpo"]) == []
+
+    def sft_checkpointing(user: list[str]) -> bool:
+        stages = load_stages("dpo")
+        sft, _ = plan(stages, [*pipeline_overrides("dpo", stages), "model=tiny-random", *user], tmp_path)
+        return pipeline_module._compose("sft", sft.overrides).trainer.gradient_checkpointing
+
+    assert sft_checkpointing([]) is False  # the SFT stage's own default is True (conf/trainer/sft.yaml)
+    assert sft_checkpointing(["sft.trainer.gradient_checkpointing=true"]) is True  # the user's wins
+    assert pipeline_module._compose("sft", ["model=tiny-random"]).trainer.gradient_checkpointing is True
+    # `lightalign validate` shows what `run` will do
+    assert cli(["validate", "pipeline/dpo", "model=tiny-random"]) == 0
+    sft_config = capsys.readouterr().out.split("# ---- ")[1]
+    assert "gradient_checkpointing: false" in sft_config

@@ -1,6 +1,7 @@
 """Chained pipelines: run stages in order, hand each one its inputs by stage name, skip finished ones.
 
-A pipeline (``conf/pipeline/<name>.yaml``) is a list of stages. ``lightalign run full [overrides]``:
+A pipeline (``conf/pipeline/<name>.yaml``) is a list of stages, and optionally ``overrides`` it gives its stages
+before the user's (:func:`pipeline_overrides`). ``lightalign run full [overrides]``:
 
 - composes every stage's own config first (a typo fails before anything trains), routing overrides:
   ``trainer.max_steps=2`` reaches every stage that has the key, ``ppo.trainer.max_steps=50`` only the
@@ -83,6 +84,18 @@ def load_stages(pipeline: str) -> list[str]:
     if unknown:
         raise ConfigError(f"{path}: unknown stage(s) {unknown}; valid: {', '.join(STAGE_RECIPES)}")
     return stages
+
+
+def pipeline_overrides(pipeline: str, stages: list[str]) -> list[str]:
+    """The ``overrides`` list of ``conf/pipeline/<pipeline>.yaml``: the pipeline's own choices for its stages,
+    given before the user's (so a user's override of the same key wins). One that names a stage by prefix
+    (``sft.trainer.gradient_checkpointing=false``) is dropped when ``stages`` leaves that stage out."""
+    path = conf_dir() / "pipeline" / f"{pipeline}.yaml"
+    given = OmegaConf.load(path).get("overrides") or []
+    if not all(isinstance(o, str) and "=" in o for o in given):
+        raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {list(given)}")
+    return [o for o in given if o.lstrip("+~").split(".", 1)[0] not in STAGE_RECIPES
+            or o.lstrip("+~").split(".", 1)[0] in stages]
 
 
 def _compose(stage: str, overrides: list[str]):
@@ -217,7 +230,7 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
         stages = [s.strip() for s in stage_list.strip("[]").split(",") if s.strip()]
     jobs_value, passthrough = _pop_option(passthrough, "jobs")
     run_dir = (run_dir or default_run_dir(pipeline)).resolve()
-    planned = plan(stages, passthrough, run_dir)
+    planned = plan(stages, [*pipeline_overrides(pipeline, stages), *passthrough], run_dir)
     jobs = _parse_jobs(jobs_value)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / STATE_FILE
