@@ -22,7 +22,8 @@ lightalign's stage does and TRL's ``disable_dropout=True`` does — on all linea
 ``--prompts-per-step × --steps`` of ``data.train``, the demo's ``demo:sft`` split, chat-templated alike and each
 used once; the TRL child checks that its prompt ids equal lightalign's), G, the answer length, β = 0.04,
 the temperature (``grpo.temperature``: 0.7 in conf/grpo.yaml, 1.0 in BENCHMARKS.md §6's runs), top-p 1.0, the
-clip range 0.2, one optimisation pass per batch of answers in one optimiser step,
+clip range 0.2, one optimisation pass per batch of answers in one optimiser step (in passes of ``--micro-batch``
+answers, 8 as ``conf/trainer/grpo.yaml``: gradient accumulation on both sides),
 token-level loss aggregation (TRL's ``dapo``), answers cut off at the length limit masked from the loss, the
 learning rate and schedule, gradient checkpointing (on: ``conf/trainer/grpo.yaml``, and TRL's default), the seed, the
 precision (``trainer.precision=auto``) and the reward: the demo's gold
@@ -68,6 +69,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=4, help="G: answers per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--micro-batch", type=int, default=8,
+                        help="answers per forward/backward pass (trainer.per_device_train_batch_size); the step's "
+                             "answers are still one optimiser step, in gradient accumulation")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="trainer.precision of both sides (fp32: 4-bit layers compute in fp32, as on a CPU "
                              "without native bf16)")
@@ -78,6 +82,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is a warm-up")
+    if (args.prompts_per_step * args.group_size) % args.micro_batch:
+        parser.error("--micro-batch must divide the answers of a step (--prompts-per-step x --group-size)")
     return args
 
 
@@ -92,7 +98,9 @@ def stage_overrides(args: argparse.Namespace) -> list[str]:
         f"grpo.group_size={args.group_size}",
         f"grpo.max_new_tokens={args.max_new_tokens}",
         f"trainer.max_steps={args.steps}",
-        f"trainer.per_device_train_batch_size={answers}",  # all answers of a step in one optimiser step, as TRL
+        # all answers of a step in one optimiser step, in micro-batches (TRL: its generation batch, the same)
+        f"trainer.per_device_train_batch_size={args.micro_batch}",
+        f"trainer.gradient_accumulation_steps={answers // args.micro_batch}",
         f"trainer.save_steps={args.steps}",  # one checkpoint, after the last (timed) step
         f"data.limit={args.prompts_per_step * args.steps}",  # each prompt once, on both sides
         "eval.num_prompts=0",  # no held-out evaluation: TRL's side has none

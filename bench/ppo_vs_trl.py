@@ -43,7 +43,7 @@ import harness
 HERE = Path(__file__).resolve()
 TRL_PYTHON = HERE.parent / ".venv-trl112" / "bin" / "python"
 VARIANTS = ("lightalign", "trl-qlora", "trl-fp32")
-TARGET_SPEED, TARGET_MEMORY = 1.0, 0.5
+TARGET_SPEED, TARGET_MEMORY = 1.5, 0.5  # issue 15 (an earlier target was 1.0x)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
