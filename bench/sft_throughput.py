@@ -201,13 +201,12 @@ def check_same_loss(args: argparse.Namespace) -> dict:
 
 
 def default_variant() -> str:
-    """The variant ``lightalign run sft`` trains like: with or without checkpointing (``conf/trainer/sft.yaml``)."""
-    from omegaconf import OmegaConf
-
+    """The variant ``lightalign run sft`` trains like: with or without checkpointing (its composed config)."""
+    from lightalign.commands.validate import ConfigSource, compose_checked
     from lightalign.paths import conf_dir
 
-    return "lightalign-gc" if OmegaConf.load(conf_dir() / "trainer" / "sft.yaml").get("gradient_checkpointing") \
-        else "lightalign"
+    sft = compose_checked(ConfigSource(conf_dir(), "sft", "sft"), [])
+    return "lightalign-gc" if sft.trainer.gradient_checkpointing else "lightalign"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,17 +128,12 @@ def validate_command(target: str, overrides: list[str]) -> int:
     elif target in STAGES:
         checks = [(ConfigSource(conf_dir(), STAGES[target][1], target), overrides)]
     elif _pipeline_name(target):
-        from lightalign.pipeline import pipeline_overrides, plan
+        from lightalign.pipeline import plan_pipeline
 
-        stages = load_stages(_pipeline_name(target))
-        edits = [o for o in overrides if o.startswith("stages=")]
-        if edits:  # `stages=[sft,dpo]`, as `run` accepts it
-            stages = [s.strip() for s in edits[-1].split("=", 1)[1].strip("[]").split(",") if s.strip()]
-        passthrough = [*pipeline_overrides(_pipeline_name(target), stages),
-                       *(o for o in overrides if not o.startswith(("stages=", "hydra.run.dir=")))]
+        passthrough = [o for o in overrides if not o.startswith("hydra.run.dir=")]
         run_dir = Path("outputs") / target / "RUN"
         checks = [(ConfigSource(conf_dir(), STAGES[s.name][1], s.name), s.overrides)
-                  for s in plan(stages, passthrough, run_dir)]
+                  for s in plan_pipeline(_pipeline_name(target), passthrough, run_dir)]  # as `run` plans them
     else:
         return _fail(f"unknown stage or pipeline {target!r}; stages: {', '.join(STAGES)}; "
                      f"pipelines: {', '.join(pipeline_names())} (or a recipe .py file)")

@@ -94,8 +94,18 @@ def pipeline_overrides(pipeline: str, stages: list[str]) -> list[str]:
     given = OmegaConf.load(path).get("overrides") or []
     if not all(isinstance(o, str) and "=" in o for o in given):
         raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {list(given)}")
-    return [o for o in given if o.lstrip("+~").split(".", 1)[0] not in STAGE_RECIPES
-            or o.lstrip("+~").split(".", 1)[0] in stages]
+    named = [(o, o.lstrip("+~").split(".", 1)[0]) for o in given]  # a stage prefix, as route_overrides reads it
+    return [o for o, first in named if first not in STAGE_RECIPES or first in stages]
+
+
+def plan_pipeline(pipeline: str, overrides: list[str], run_dir: Path) -> list[PlannedStage]:
+    """:func:`plan` for ``conf/pipeline/<pipeline>.yaml``: ``stages=[sft,dpo]`` among ``overrides`` edits its stage
+    list (the last one wins), and the pipeline's own overrides come before the user's."""
+    stage_list, overrides = _pop_option(overrides, "stages")
+    stages = load_stages(pipeline)
+    if stage_list:
+        stages = [s.strip() for s in stage_list.strip("[]").split(",") if s.strip()]
+    return plan(stages, [*pipeline_overrides(pipeline, stages), *overrides], run_dir)
 
 
 def _compose(stage: str, overrides: list[str]):
@@ -223,14 +233,10 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
     (:func:`default_jobs`); stages started side by side get an equal share of the CPU cores
     (``OMP_NUM_THREADS``) unless the environment sets it; a stage alone keeps torch's own choice.
     """
-    stages = load_stages(pipeline)
     passthrough = [o for o in overrides if not o.startswith("hydra.run.dir=")]
-    stage_list, passthrough = _pop_option(passthrough, "stages")
-    if stage_list:  # `stages=[sft,dpo]` edits the list
-        stages = [s.strip() for s in stage_list.strip("[]").split(",") if s.strip()]
     jobs_value, passthrough = _pop_option(passthrough, "jobs")
     run_dir = (run_dir or default_run_dir(pipeline)).resolve()
-    planned = plan(stages, [*pipeline_overrides(pipeline, stages), *passthrough], run_dir)
+    planned = plan_pipeline(pipeline, passthrough, run_dir)
     jobs = _parse_jobs(jobs_value)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / STATE_FILE
