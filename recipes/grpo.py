@@ -93,7 +93,7 @@ def main(cfg: DictConfig) -> None:
     base = source.load_base()
     model = load_policy_and_reference(base, run.lora, sft_adapter=sft.adapter_dir if sft else None,
                                       gradient_checkpointing=trainer.gradient_checkpointing)
-    disable_dropout(model)  # the same log-probs in the update as at sampling: the first ratio is exactly 1
+    disable_dropout(model)  # the same log-probs in the update as at sampling: the first ratio is 1 (to ~1e-6)
     parts = [RewardPart(name, hydra.utils.instantiate(part.fn), part.weight) for name, part in run.rewards.items()]
     reward_model = None
     if reward_run:

@@ -11,13 +11,16 @@ from lightalign import generation
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.generation import (
+    GeneratedResponses,
     decode_answers,
     dense_decoding,
     dense_weights_bytes,
     generate_answers,
+    generate_tokens,
     position_ids_from_mask,
     sample_and_score,
     sample_responses,
+    shared_prompt_logprobs,
     stop_token_ids,
     truncate_after_eos,
     uses_dense_weights,
@@ -275,3 +278,88 @@ def test_auto_leaves_a_gpu_model_in_4bit():
     model = load_base_model(TINY, Quantization())
     assert next(model.parameters()).device.type == "cuda"
     assert not uses_dense_weights(model, "auto") and uses_dense_weights(model, "on")
+
+
+def repeated(prompts: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {key: value.repeat_interleave(n, dim=0) for key, value in prompts.items()}
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_several_answers_per_prompt_run_the_prompt_once_and_decode_as_the_repeated_prompts(policy, prompts,
+                                                                                        tiny_tokenizer, mode):
+    # Prompts of different lengths (left padding): the shared cache must keep their positions and padding.
+    assert (prompts["attention_mask"] == 0).any()
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    common = {"max_new_tokens": 12, "min_new_tokens": 12, "pad_token_id": tiny_tokenizer.pad_token_id}
+    calls = []
+    original_forward = policy.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape if "input_ids" in kwargs else args[0].shape)
+        return original_forward(*args, **kwargs)
+
+    with torch.no_grad(), dense_decoding(policy, mode):
+        greedy_repeated = generate_tokens(policy, *repeated(prompts, 3).values(), do_sample=False, **common)
+        policy.forward = counting_forward
+        try:
+            greedy_shared = generate_tokens(policy, ids, mask, num_samples=3, do_sample=False, **common)
+        finally:
+            del policy.forward
+    assert torch.equal(greedy_shared, greedy_repeated)
+    assert calls[0] == (3, ids.shape[1] - 1)  # the prompts once, but their last token
+    stops = stop_token_ids(tiny_tokenizer)
+    sampled = {}
+    for n, (prompt_ids, prompt_mask) in {3: (ids, mask), 1: tuple(repeated(prompts, 3).values())}.items():
+        torch.manual_seed(5)
+        sampled[n] = sample_responses(policy, prompt_ids, prompt_mask, max_new_tokens=12, eos_token_id=stops,
+                                      pad_token_id=tiny_tokenizer.pad_token_id, temperature=0.9,
+                                      dense_weights=mode, num_samples=n)
+    assert torch.equal(sampled[3].tokens, sampled[1].tokens) and torch.equal(sampled[3].mask, sampled[1].mask)
+    assert len({tuple(row) for row in sampled[3].tokens.tolist()}) > 3  # the copies of a prompt sample apart
+
+
+@pytest.mark.parametrize("forward_batch_size", [1, 4])  # a pass of one prompt (2 rows), of two prompts (4 rows)
+def test_sample_and_score_with_several_answers_per_prompt_scores_the_repeated_prompts(policy, prompts,
+                                                                                      tiny_tokenizer,
+                                                                                      forward_batch_size):
+    settings = {"max_new_tokens": 6, "eos_token_id": stop_token_ids(tiny_tokenizer),
+                "pad_token_id": tiny_tokenizer.pad_token_id, "temperature": 0.7}
+    torch.manual_seed(1)
+    scored = sample_and_score(policy, prompts["input_ids"], prompts["attention_mask"], num_samples=2,
+                              reference=policy.disable_adapter, forward_batch_size=forward_batch_size, **settings)
+    start = prompts["input_ids"].shape[1]
+    assert torch.equal(scored.input_ids[:, :start], prompts["input_ids"].repeat_interleave(2, dim=0))
+    mask = scored.responses.mask.bool()
+    expected = raw_logprobs(policy, scored.input_ids, scored.attention_mask, start, 0.7)
+    torch.testing.assert_close(scored.logprobs[mask], expected[mask], atol=1e-4, rtol=1e-4)
+    with policy.disable_adapter():
+        expected_ref = raw_logprobs(policy, scored.input_ids, scored.attention_mask, start, 0.7)
+    torch.testing.assert_close(scored.ref_logprobs[mask], expected_ref[mask], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(scored.logprobs[mask], scored.ref_logprobs[mask])
+
+
+def test_shared_prompt_logprobs_of_answers_that_stopped_early(policy, prompts):
+    n, width = 2, 5
+    rows = prompts["input_ids"].shape[0] * n
+    tokens = torch.randint(3, 50, (rows, width), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([5, 2, 1, 4, 3, 5])  # right padding after each answer's stop
+    mask = (torch.arange(width) < lengths[:, None]).long()
+    responses = GeneratedResponses(tokens * mask, mask, lengths < width)
+    shared = shared_prompt_logprobs(policy, prompts["input_ids"], prompts["attention_mask"], responses, n, 0.9)
+    input_ids = torch.cat([prompts["input_ids"].repeat_interleave(n, 0), responses.tokens], 1)
+    attention_mask = torch.cat([prompts["attention_mask"].repeat_interleave(n, 0), mask], 1)
+    expected = raw_logprobs(policy, input_ids, attention_mask, prompts["input_ids"].shape[1], 0.9)
+    torch.testing.assert_close(shared[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
+
+
+def test_generate_answers_gives_each_prompt_its_sampled_answers_in_order(policy, tiny_tokenizer):
+    messages = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    torch.manual_seed(2)
+    shared = generate_answers(policy, tiny_tokenizer, messages, max_new_tokens=8, temperature=1.0, num_samples=2,
+                              batch_size=4)
+    torch.manual_seed(2)
+    one_by_one = generate_answers(policy, tiny_tokenizer, [m for m in messages[:2] for _ in range(2)],
+                                  max_new_tokens=8, temperature=1.0, batch_size=4)
+    assert len(shared) == 6 and shared[:4] == one_by_one  # 2 prompts (4 answers) a call, prompt by prompt
+    with pytest.raises(ValueError, match="need sampling"):
+        generate_answers(policy, tiny_tokenizer, messages, num_samples=2)

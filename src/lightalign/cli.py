@@ -253,13 +253,17 @@ def rank_command(args: argparse.Namespace) -> int:
     from lightalign.generation import generate_answers
     from lightalign.rankings import resume_rankings
 
+    if args.temperature <= 0:  # greedy decoding would give the same answer k times: nothing to rank
+        raise LightalignError(f"rank samples {args.k} answers per prompt: --temperature must be > 0, "
+                              f"got {args.temperature}")
+
     prompts = load_prompt_examples(args.prompts, limit=args.limit)
     resume_rankings(Path(args.out))  # a corrupt output file fails now, not after the model has loaded
     model, tokenizer, source = _load_policy(args.model, args.quant, args.dense_weights)
 
     def sample(prompt: list, n: int, seed: int) -> list[str]:
         torch.manual_seed(seed)
-        answers = generate_answers(model, tokenizer, [prompt] * n, max_new_tokens=args.max_new_tokens,
+        answers = generate_answers(model, tokenizer, [prompt], num_samples=n, max_new_tokens=args.max_new_tokens,
                                    batch_size=n, temperature=args.temperature, top_p=args.top_p, desc="sampling",
                                    dense_weights=args.dense_weights)
         return [a.text for a in answers]

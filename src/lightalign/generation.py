@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lightalign.config.schema import DENSE_WEIGHTS
 from lightalign.data.collators import pad_prompts
@@ -289,6 +290,48 @@ def dense_decoding(model: nn.Module, mode: str = "auto") -> Iterator[bool]:
 # ---- sampling ----------------------------------------------------------------------------------------------------
 
 
+# The field of a model's output (and the keyword of ``generate``) that holds the KV cache: transformers 5 renamed
+# ``past_key_values`` to ``cache`` (the old name still works there, with a deprecation warning).
+_CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def _prompt_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int) -> Any:
+    """The KV cache of each left-padded prompt but its last token, computed once, each row copied ``num_samples``
+    times (rows ``i·n .. i·n + n - 1``): ``generate`` given it and the repeated prompts runs only their last token.
+
+    The K answers to one prompt share its prompt; computing it once instead of K times is what makes sampling
+    several answers per prompt cheaper (GRPO's groups, the rankings stage's K, pass@k): the demo's chat prompts are
+    ~38 tokens against answers of at most 24. The prompt's keys and values come from a batch of another shape, so
+    their last bits may differ from those of the repeated batch; see :func:`sample_responses`.
+    """
+    output = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
+                   position_ids=position_ids_from_mask(prompt_mask[:, :-1]), use_cache=True, logits_to_keep=1)
+    cache = getattr(output, _CACHE_FIELD)
+    cache.batch_repeat_interleave(num_samples)
+    return cache
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, *, num_samples: int = 1, **generate_kwargs: Any
+) -> Tensor:
+    """``model.generate`` on left-padded prompts, ``num_samples`` answers to each (rows ``i·n .. i·n + n - 1``);
+    returns the answer tokens only (``[B·n, T]``, untruncated).
+
+    With ``num_samples > 1`` each prompt is run once (:func:`_prompt_cache`), not once per answer. Call it inside
+    :func:`dense_decoding` so that the prompt runs on the same weights as the decoding.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples > 1 and prompt_ids.shape[1] > 1:
+        generate_kwargs[_CACHE_FIELD] = _prompt_cache(model, prompt_ids, prompt_mask, num_samples)
+    if num_samples > 1:
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+    output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **generate_kwargs)
+    return output[:, prompt_ids.shape[1] :]
+
+
 @torch.no_grad()
 def sample_responses(
     model: nn.Module,
@@ -302,14 +345,18 @@ def sample_responses(
     top_k: int = 0,
     top_p: float = 1.0,
     dense_weights: str = "auto",
+    num_samples: int = 1,
 ) -> GeneratedResponses:
-    """Sample one response per left-padded prompt from exactly ``softmax(logits / temperature)``.
+    """Sample ``num_samples`` responses per left-padded prompt (rows ``i·n .. i·n + n - 1`` answer prompt ``i``)
+    from exactly ``softmax(logits / temperature)``.
 
     ``generate`` fills every knob it is not given from the checkpoint's ``generation_config`` (top-k 50,
     a repetition penalty, min-p ...), any of which would make the sampled distribution differ from the one
     :func:`response_logits` scores; a clean config is swapped in for the call. ``top_k``/``top_p`` are off
     by default for the same reason (PPO's first ratio is then exactly 1). ``dense_weights``: see
-    :func:`dense_decoding` (the same samples either way).
+    :func:`dense_decoding` (the same samples either way). With ``num_samples > 1`` each prompt runs once
+    (:func:`generate_tokens`): the same distribution as repeating the prompt ``num_samples`` times, and at one
+    seed the same answers unless a logit's last bits (the prompt computed in another batch shape) tip a draw.
 
     Returns:
         :class:`GeneratedResponses`, truncated after the first stop token.
@@ -319,9 +366,11 @@ def sample_responses(
     base.generation_config = GenerationConfig()
     try:
         with dense_decoding(model, dense_weights):
-            output = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
+            tokens = generate_tokens(
+                model,
+                prompt_ids,
+                prompt_mask,
+                num_samples=num_samples,
                 do_sample=True,
                 temperature=temperature,
                 top_k=top_k,
@@ -333,7 +382,46 @@ def sample_responses(
             )
     finally:
         base.generation_config = saved_config
-    return truncate_after_eos(output[:, prompt_ids.shape[1] :], eos_token_id, pad_token_id)
+    return truncate_after_eos(tokens, eos_token_id, pad_token_id)
+
+
+def shared_prompt_logprobs(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    responses: GeneratedResponses,
+    num_samples: int,
+    temperature: float = 1.0,
+) -> Tensor:
+    """``[B·n, T]`` log-probs of ``num_samples`` responses to each prompt (rows ``i·n .. i·n + n - 1``), each prompt
+    run once: :func:`response_logprobs` over the repeated prompts, with the prompts' keys and values computed
+    once and copied (:func:`_prompt_cache`), so the model runs only the responses ``n`` times.
+
+    The same numbers up to the last bits (another batch shape for the prompts; ~1e-6 in fp32), without gradients.
+    A model whose output layer is not a plain matrix, or a one-token prompt, is scored over the repeated prompts.
+    """
+    causal_lm = causal_lm_of(model)
+    weight = output_weight(causal_lm)
+    ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+    mask = torch.cat([prompt_mask.repeat_interleave(num_samples, dim=0), responses.mask], dim=1)
+    if weight is None or prompt_ids.shape[1] < 2:
+        return response_logprobs(model, torch.cat([ids, responses.tokens], 1), mask, ids.shape[1], temperature)
+    decoder = causal_lm.get_decoder()
+    with torch.no_grad():
+        prefix = decoder(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
+                         position_ids=position_ids_from_mask(prompt_mask[:, :-1]), use_cache=True)
+        cache = getattr(prefix, _CACHE_FIELD)
+        cache.batch_repeat_interleave(num_samples)
+        # the prompt's last token and every response token but the last: each predicts the response token after it
+        rest = torch.cat([ids[:, -1:], responses.tokens[:, :-1]], dim=1)
+        start = ids.shape[1] - 1
+        hidden = decoder(input_ids=rest, attention_mask=mask[:, :-1], use_cache=True,
+                         position_ids=position_ids_from_mask(mask)[:, start:-1],
+                         **{_CACHE_FIELD: cache}).last_hidden_state
+        tokens = responses.tokens
+        scored = label_logprobs((hidden / temperature).reshape(-1, hidden.shape[-1]), weight.to(hidden.device),
+                                tokens.reshape(-1))
+    return scored.log_probs.view(tokens.shape)
 
 
 @dataclass
@@ -369,9 +457,13 @@ def sample_and_score(
     forward_batch_size: int = 8,
     score_policy: bool = True,
     dense_weights: str = "auto",
+    num_samples: int = 1,
 ) -> ScoredSamples:
-    """Sample one response per prompt from ``model`` as it is (its active adapter), then score the responses
-    under it and under ``reference()``: the on-policy half that PPO's and GRPO's steps and the KL eval share.
+    """Sample ``num_samples`` responses per prompt from ``model`` as it is (its active adapter), then score the
+    responses under it and under ``reference()``: the on-policy half that PPO's and GRPO's steps and the KL eval
+    share. Row ``i·n + j`` of the result is answer ``j`` to prompt ``i`` (:func:`sample_responses`); with
+    ``n > 1`` each prompt also runs once for scoring its answers (:func:`shared_prompt_logprobs`), so the log-probs
+    equal a training forward's only up to the last bits (PPO, one answer a prompt, gets exactly the same).
 
     Both log-probs use ``logits / temperature`` at the sampling temperature, so that ``logprobs -
     ref_logprobs`` estimates the KL between the distributions that were sampled from and that PPO penalises.
@@ -391,12 +483,21 @@ def sample_and_score(
         raise ValueError(f"scoring samples needs a temperature > 0, got {temperature}")
     responses = sample_responses(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                                  eos_token_id=eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, dense_weights=dense_weights)
+                                 top_k=top_k, top_p=top_p, dense_weights=dense_weights, num_samples=num_samples)
+    n = num_samples
     start = prompt_ids.shape[1]
-    input_ids = torch.cat([prompt_ids, responses.tokens], dim=1)
-    attention_mask = torch.cat([prompt_mask, responses.mask], dim=1)
+    input_ids = torch.cat([prompt_ids.repeat_interleave(n, dim=0), responses.tokens], dim=1)
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0), responses.mask], dim=1)
 
     def score() -> Tensor:
+        if n > 1:  # whole prompts a pass, each run once for its n answers
+            per_pass = max(1, forward_batch_size // n)
+            return torch.cat([
+                shared_prompt_logprobs(model, prompt_ids[i : i + per_pass], prompt_mask[i : i + per_pass],
+                                       GeneratedResponses(*(t[i * n : (i + per_pass) * n] for t in responses)),
+                                       n, temperature)
+                for i in range(0, prompt_ids.shape[0], per_pass)
+            ])
         chunks = [
             response_logprobs(model, input_ids[i : i + forward_batch_size],
                               attention_mask[i : i + forward_batch_size], start, temperature)
@@ -447,22 +548,31 @@ def generate_answers(
     top_p: float = 1.0,
     desc: str = "generating",
     dense_weights: str = "auto",
+    num_samples: int = 1,
 ) -> list[Answer]:
     """Answer each prompt (greedy when ``temperature == 0``), in batches of left-padded prompts.
 
     ``dense_weights``: see :func:`dense_decoding`; one dense copy serves every batch of the call.
+    ``num_samples``: sampled answers per prompt (``temperature > 0``), each prompt run once for all of them
+    (:func:`generate_tokens`); answers ``i·n .. i·n + n - 1`` are prompt ``i``'s. ``batch_size`` counts answers.
     """
+    if num_samples > 1 and temperature <= 0:
+        raise ValueError(f"{num_samples} answers per prompt need sampling (temperature > 0), got {temperature}")
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
     answers: list[Answer] = []
     sampling = temperature > 0
+    per_call = max(1, batch_size // num_samples)
     with (eval_mode(model), dense_decoding(model, dense_weights),
-          progress_bar(len(prompts), desc, unit="prompt") as bar):
-        for start in range(0, len(prompts), batch_size):
-            encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+          progress_bar(len(prompts) * num_samples, desc, unit="answer" if num_samples > 1 else "prompt") as bar):
+        for start in range(0, len(prompts), per_call):
+            encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_call]]
             batch = {k: v.to(device) for k, v in pad_prompts(encoded, tokenizer.pad_token_id).items()}
-            output = model.generate(
-                **batch,
+            output = generate_tokens(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                num_samples=num_samples,
                 max_new_tokens=max_new_tokens,
                 do_sample=sampling,
                 temperature=temperature if sampling else None,
@@ -471,10 +581,10 @@ def generate_answers(
                 eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            for row in output[:, batch["input_ids"].shape[1] :].tolist():
+            for row in output.tolist():
                 cut = next((i for i, t in enumerate(row) if t in stops), None)
                 tokens = row if cut is None else row[:cut]
                 text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 answers.append(Answer(text, len(tokens) + (cut is not None), cut is not None))
-            bar.update(len(encoded))
+            bar.update(len(encoded) * num_samples)
     return answers

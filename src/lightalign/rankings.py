@@ -195,7 +195,7 @@ def sample_and_judge(
         with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
             torch.manual_seed(seed + index)
             answers = generate_answers(
-                model, tokenizer, [p.prompt for p in chunk for _ in range(k)], max_new_tokens=max_new_tokens,
+                model, tokenizer, [p.prompt for p in chunk], num_samples=k, max_new_tokens=max_new_tokens,
                 batch_size=len(chunk) * k, temperature=temperature, top_p=top_p,
                 desc=f"sampling {k} answers x {len(chunk)} prompts (chunk {index + 1}/{len(chunks)})",
                 dense_weights=dense_weights,

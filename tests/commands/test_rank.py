@@ -91,6 +91,13 @@ def test_a_corrupt_file_is_one_line_not_overwritten(tmp_path, monkeypatch, capsy
     assert "r.jsonl:1" in capsys.readouterr().err and path.read_text() == '{"not": "a ranking"}\n'
 
 
+def test_greedy_decoding_is_refused_before_the_model_loads(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert cli(["rank", "--model", "no-such-model", "--out", str(out), "--temperature", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--temperature must be > 0" in err and not out.exists()
+
+
 def test_driven_from_a_script_with_a_real_model(tmp_path, monkeypatch, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Name a colour #{i}."}) + "\n" for i in range(3)))

@@ -40,7 +40,7 @@ class PassAtK:
         with untouched_rng():
             torch.manual_seed(self.seed)
             answers = generate_answers(
-                ctx.model, ctx.tokenizer, [p.prompt for p in self.prompts for _ in range(self.k)],
+                ctx.model, ctx.tokenizer, [p.prompt for p in self.prompts], num_samples=self.k,
                 max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, temperature=self.temperature,
                 top_p=self.top_p, desc=f"eval: {self.k} sampled answers per prompt",
                 dense_weights=self.dense_weights,

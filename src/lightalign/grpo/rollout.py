@@ -114,11 +114,11 @@ def sample_groups(
         RewardError: a reward part raised, or returned the wrong number of scores or a non-finite one.
     """
     device = next(model.parameters()).device
-    repeated = [ids for ids in prompt_ids for _ in range(group_size)]  # row i·G + g: answer g to prompt i
-    batch = {k: v.to(device) for k, v in pad_prompts(repeated, tokenizer.pad_token_id).items()}
+    batch = {k: v.to(device) for k, v in pad_prompts(list(prompt_ids), tokenizer.pad_token_id).items()}
     model.eval()
+    # row i·G + g: answer g to prompt i; each prompt runs once for its G answers
     sampled = sample_and_score(model, batch["input_ids"], batch["attention_mask"], reference=reference,
-                               score_policy=keep_old_logprobs, max_new_tokens=max_new_tokens,
+                               num_samples=group_size, score_policy=keep_old_logprobs, max_new_tokens=max_new_tokens,
                                eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                temperature=temperature, top_p=top_p, forward_batch_size=forward_batch_size,
                                dense_weights=dense_weights)
