@@ -295,17 +295,19 @@ def dense_decoding(model: nn.Module, mode: str = "auto") -> Iterator[bool]:
 _CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
-def _prompt_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int) -> Any:
-    """The KV cache of each left-padded prompt but its last token, computed once, each row copied ``num_samples``
-    times (rows ``i·n .. i·n + n - 1``): ``generate`` given it and the repeated prompts runs only their last token.
+def _prompt_cache(module: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int,
+                  **forward_kwargs: Any) -> Any:
+    """The KV cache of each left-padded prompt but its last token, computed once by ``module`` (the model, or its
+    body), each row copied ``num_samples`` times (rows ``i·n .. i·n + n - 1``): ``generate`` given it and the
+    repeated prompts runs only their last token; :func:`shared_prompt_logprobs` runs the answers after it.
 
     The K answers to one prompt share its prompt; computing it once instead of K times is what makes sampling
     several answers per prompt cheaper (GRPO's groups, the rankings stage's K, pass@k): the demo's chat prompts are
     ~38 tokens against answers of at most 24. The prompt's keys and values come from a batch of another shape, so
     their last bits may differ from those of the repeated batch; see :func:`sample_responses`.
     """
-    output = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
-                   position_ids=position_ids_from_mask(prompt_mask[:, :-1]), use_cache=True, logits_to_keep=1)
+    output = module(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
+                    position_ids=position_ids_from_mask(prompt_mask[:, :-1]), use_cache=True, **forward_kwargs)
     cache = getattr(output, _CACHE_FIELD)
     cache.batch_repeat_interleave(num_samples)
     return cache
@@ -324,7 +326,8 @@ def generate_tokens(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if num_samples > 1 and prompt_ids.shape[1] > 1:
-        generate_kwargs[_CACHE_FIELD] = _prompt_cache(model, prompt_ids, prompt_mask, num_samples)
+        # only the last position's logits: the prompt's others are never needed
+        generate_kwargs[_CACHE_FIELD] = _prompt_cache(model, prompt_ids, prompt_mask, num_samples, logits_to_keep=1)
     if num_samples > 1:
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
@@ -408,10 +411,7 @@ def shared_prompt_logprobs(
         return response_logprobs(model, torch.cat([ids, responses.tokens], 1), mask, ids.shape[1], temperature)
     decoder = causal_lm.get_decoder()
     with torch.no_grad():
-        prefix = decoder(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
-                         position_ids=position_ids_from_mask(prompt_mask[:, :-1]), use_cache=True)
-        cache = getattr(prefix, _CACHE_FIELD)
-        cache.batch_repeat_interleave(num_samples)
+        cache = _prompt_cache(decoder, prompt_ids, prompt_mask, num_samples)
         # the prompt's last token and every response token but the last: each predicts the response token after it
         rest = torch.cat([ids[:, -1:], responses.tokens[:, :-1]], dim=1)
         start = ids.shape[1] - 1
