@@ -146,6 +146,12 @@ def response_token_scores(
         return label_logprobs_from_logits(
             response_logits(model, input_ids, attention_mask, response_start, temperature), tokens)
     hidden = last_hidden_states(model, input_ids, attention_mask)[:, response_start - 1 : -1]
+    return _token_scores_from_hidden(hidden, weight, tokens, temperature)
+
+
+def _token_scores_from_hidden(hidden: Tensor, weight: Tensor, tokens: Tensor, temperature: float) -> LabelLogprobs:
+    """Scores of ``tokens`` ``[B, T]`` from the hidden states that predict them ``[B, T, H]``, through the output
+    layer ``weight`` a chunk at a time (:func:`~lightalign.models.logprobs.label_logprobs`), at ``temperature``."""
     # (h / τ) W^T = (h W^T) / τ: the temperature scales the hidden states instead of the logits
     scored = label_logprobs((hidden / temperature).reshape(-1, hidden.shape[-1]), weight.to(hidden.device),
                             tokens.reshape(-1))
@@ -418,10 +424,7 @@ def shared_prompt_logprobs(
         hidden = decoder(input_ids=rest, attention_mask=mask[:, :-1], use_cache=True,
                          position_ids=position_ids_from_mask(mask)[:, start:-1],
                          **{_CACHE_FIELD: cache}).last_hidden_state
-        tokens = responses.tokens
-        scored = label_logprobs((hidden / temperature).reshape(-1, hidden.shape[-1]), weight.to(hidden.device),
-                                tokens.reshape(-1))
-    return scored.log_probs.view(tokens.shape)
+        return _token_scores_from_hidden(hidden, weight, responses.tokens, temperature).log_probs
 
 
 @dataclass
