@@ -34,9 +34,9 @@ from transformers import TrainingArguments, get_scheduler
 
 from lightalign.config import register_configs
 from lightalign.config.schema import optimizer_batch
-from lightalign.data import load_prompt_examples
-from lightalign.data.tokenize import tokenize_prompts
-from lightalign.errors import NonFiniteLossError, RewardError, report_errors
+from lightalign.data import load_lm_examples, load_prompt_examples
+from lightalign.data.tokenize import tokenize_lm_examples, tokenize_prompts
+from lightalign.errors import ConfigError, NonFiniteLossError, RewardError, report_errors
 from lightalign.eval import EvalContext, reference_hooks, run_eval_hooks, untouched_rng
 from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import sample_groups
@@ -54,6 +54,7 @@ from lightalign.models.roles import (
 from lightalign.models.trained import ModelSource
 from lightalign.reward_model import RewardRole, SharedBaseRewardModel
 from lightalign.rl.checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from lightalign.rl.demonstrations import DemonstrationBatches
 from lightalign.rl.prompts import PromptSampler
 from lightalign.rundir import ADAPTER, LOG, StageRun, append_log, means_at_both_ends, read_log, trim_log
 from lightalign.stage import finish_stage, start_stage
@@ -85,6 +86,16 @@ def main(cfg: DictConfig) -> None:
         overlong=run.data.overlong,
     )
     print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")
+    demonstrations = None
+    if grpo.sft_loss_weight > 0:  # the SFT loss mixed into every optimiser step, on data.train's dialogues
+        demo_rows, demo_report = tokenize_lm_examples(
+            tokenizer, load_lm_examples(run.data.train, fmt=run.data.format, split=run.data.split,
+                                        limit=run.data.limit),
+            max_length=run.data.max_length, overlong=run.data.overlong)
+        demonstrations = DemonstrationBatches(demo_rows, trainer.per_device_train_batch_size,
+                                              tokenizer.pad_token_id, seed=trainer.seed + 1, source=run.data.train)
+        print(f"demonstrations for the SFT loss (weight {grpo.sft_loss_weight:g}): {demo_report.kept} kept, "
+              f"{demo_report.truncated} truncated, {demo_report.skipped} skipped")
     eval_prompts = []
     if run.data.prompts and run.eval.num_prompts > 0:
         eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
@@ -136,6 +147,11 @@ def main(cfg: DictConfig) -> None:
         checkpoint = load_loop_checkpoint(resume_from)
         load_adapter_weights(model, POLICY, checkpoint.trainable)
         checkpoint.restore(optimizer, scheduler, sampler)
+        if demonstrations is not None:
+            if "demonstrations" not in checkpoint.state:
+                raise ConfigError(f"cannot resume {resume_from} with grpo.sft_loss_weight > 0: it was saved "
+                                  "without the SFT loss; resume with the same settings or use a new hydra.run.dir")
+            demonstrations.load_state_dict(checkpoint.state["demonstrations"])
         start = checkpoint.step
         print(f"resuming from {resume_from} (step {start} of {total})")
     trim_log(out / LOG, run.stage, start)  # steps after the checkpoint are logged again
@@ -165,6 +181,7 @@ def main(cfg: DictConfig) -> None:
                 kl_estimator=grpo.kl_estimator, aggregation=grpo.aggregation, max_new_tokens=grpo.max_new_tokens,
                 temperature=grpo.temperature, num_iterations=grpo.num_iterations, minibatch_size=minibatch,
                 micro_batch_size=trainer.per_device_train_batch_size, max_grad_norm=trainer.max_grad_norm,
+                demonstrations=demonstrations, demonstration_weight=grpo.sft_loss_weight,
             )
         except (NonFiniteLossError, RewardError) as err:
             last = find_resume_checkpoint(out)
@@ -192,6 +209,7 @@ def main(cfg: DictConfig) -> None:
         if step % trainer.save_steps == 0 or step == total:
             save_loop_checkpoint(out, step, trainable=adapter_weights(model, POLICY),
                                  optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+                                 state={"demonstrations": demonstrations.state_dict()} if demonstrations else None,
                                  keep=trainer.save_total_limit)
     bar.close()
     tracker.close()

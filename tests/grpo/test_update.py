@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from lightalign.data import load_prompt_examples
-from lightalign.data.tokenize import tokenize_prompts
+from lightalign.data import load_lm_examples, load_prompt_examples
+from lightalign.data.collators import pad_lm
+from lightalign.data.tokenize import tokenize_lm_examples, tokenize_prompts
 from lightalign.errors import NonFiniteLossError
 from lightalign.generation import response_logits
 from lightalign.grpo.rewards import RewardPart, WeightedReward
@@ -19,6 +21,7 @@ from lightalign.models import LoraSettings, Quantization, load_base_model, load_
 from lightalign.models.logprobs import logprobs_from_logits
 from lightalign.models.modes import disable_dropout
 from lightalign.models.roles import POLICY, REFERENCE, load_policy_and_reference, use_reference
+from lightalign.rl.demonstrations import DemonstrationBatches, demonstration_loss
 from lightalign.rl.prompts import PromptSampler
 
 TINY = "lightalign:tiny-random"
@@ -193,3 +196,28 @@ def test_answers_cut_off_at_max_new_tokens_can_be_left_out_of_the_loss(tiny_toke
     before = [p.detach().clone() for p in params]
     update(model, params, rollout, beta=0.0, micro_batch_size=2)
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+
+
+def demonstrations(tokenizer, n: int = 4) -> DemonstrationBatches:
+    rows, _ = tokenize_lm_examples(tokenizer, load_lm_examples("demo:sft", limit=n), max_length=200)
+    return DemonstrationBatches(rows, batch_size=2, pad_token_id=tokenizer.pad_token_id, seed=0)
+
+
+def test_the_sft_loss_trains_when_the_sampled_answers_teach_nothing(tiny_tokenizer, sft_adapter):
+    model, params = build_policy(sft_adapter)
+    rollout = sample(model, tiny_tokenizer, reference=None)
+    rollout.batch.advantages.zero_()  # every group scored the same: RL alone has no gradient
+    demos = demonstrations(tiny_tokenizer)
+    fixed = pad_lm(demos.rows, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        before_loss = demonstration_loss(model, fixed).item()
+    start = [p.detach().clone() for p in params]
+    stats = update(model, params, rollout, torch.optim.SGD(params, lr=0.5), beta=0.0)
+    assert "sft_loss" not in stats and all(torch.equal(p, s) for p, s in zip(params, start, strict=True))
+    for _ in range(3):
+        stats = update(model, params, rollout, torch.optim.SGD(params, lr=0.5), beta=0.0,
+                       demonstrations=demos, demonstration_weight=1.0)
+    with torch.no_grad():
+        after_loss = demonstration_loss(model, fixed).item()
+    assert math.isfinite(stats["sft_loss"]) and after_loss < before_loss  # the demonstrations became more likely
+    assert demos.sampler.epoch == 1 and demos.sampler.position == 2  # one batch of 2 per optimiser step

@@ -62,10 +62,12 @@ def test_lightalign_run_grpo_writes_the_run_dir(tmp_path, check_policy_run, sft_
 
 
 def _resume_args(out: Path, sft_adapter: Path) -> list[str]:
-    # Two passes over each step's answers in two mini-batches: the resumed run must restore the sampling
-    # policy's log-probs' source (RNG, prompt order), the shuffles and the optimiser exactly.
+    # Two passes over each step's answers in two mini-batches, and the SFT loss on demonstrations: the resumed
+    # run must restore the sampling policy's log-probs' source (RNG, prompt order), the shuffles, the
+    # demonstrations' order and the optimiser exactly.
     return [*QUICK, "trainer.max_steps=6", "trainer.save_steps=2", "trainer.save_total_limit=0",
             "trainer.gradient_accumulation_steps=1", "grpo.num_iterations=2", "eval.num_prompts=0",
+            "grpo.sft_loss_weight=0.5",
             f"hydra.run.dir={out}", f"grpo.sft_adapter={sft_adapter}"]
 
 
@@ -85,6 +87,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, killed
     assert [r["step"] for r in rows] == list(range(1, 7))  # each step logged exactly once
     assert [r["reward"] for r in rows] == pytest.approx([r["reward"] for r in full_rows], abs=1e-6)
     assert [r["clip_frac"] for r in rows] == pytest.approx([r["clip_frac"] for r in full_rows], abs=1e-6)
+    assert [r["sft_loss"] for r in rows] == pytest.approx([r["sft_loss"] for r in full_rows], abs=1e-5)
 
 
 def test_a_nan_reward_stops_naming_the_step_and_the_part_and_keeps_the_checkpoint(tmp_path, capsys, judge_fails_once):
@@ -109,8 +112,9 @@ def test_bad_settings_fail_before_anything_loads(tmp_path, capsys):
     common = ["run", "grpo", "model=tiny-random", f"hydra.run.dir={tmp_path / 'x'}"]
     assert cli([*common, "rewards=none"]) == 2
     assert cli([*common, "grpo.group_size=1"]) == 2
+    assert cli([*common, "grpo.sft_loss_weight=-1"]) == 2
     err = capsys.readouterr().err
-    assert "GRPO has no reward" in err and "grpo.group_size=1" in err
+    assert "GRPO has no reward" in err and "grpo.group_size=1" in err and "grpo.sft_loss_weight=-1.0" in err
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 

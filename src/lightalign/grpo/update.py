@@ -18,6 +18,7 @@ from lightalign.errors import NonFiniteLossError
 from lightalign.generation import response_logprobs
 from lightalign.grpo.losses import Aggregation, grpo_loss
 from lightalign.grpo.rollout import GroupBatch
+from lightalign.rl.demonstrations import DemonstrationBatches, demonstration_loss
 from lightalign.rl.objectives import KLEstimator
 
 
@@ -37,6 +38,8 @@ def grpo_update(
     minibatch_size: int,
     micro_batch_size: int,
     max_grad_norm: float | None = 1.0,
+    demonstrations: DemonstrationBatches | None = None,
+    demonstration_weight: float = 0.0,
     progress: bool = True,
 ) -> dict[str, float]:
     """Optimise the policy (``model`` with its policy adapter active) on ``batch``.
@@ -56,11 +59,14 @@ def grpo_update(
         minibatch_size: answers per optimiser step; must divide ``batch.size``.
         micro_batch_size: answers per forward/backward pass.
         max_grad_norm: clip the gradient norm; None: no clipping (still measured).
+        demonstrations, demonstration_weight: with both, every optimiser step also adds ``demonstration_weight``
+            × the SFT loss of the next batch of demonstrations (:mod:`lightalign.rl.demonstrations`).
         progress: show a progress bar over optimiser steps.
 
     Returns:
         Means over optimiser steps: ``loss`` (each mini-batch's), ``grad_norm``; over micro-batches:
-        ``clip_frac``, ``ratio_mean``, ``kl`` (per token, with ``beta > 0``).
+        ``clip_frac``, ``ratio_mean``, ``kl`` (per token, with ``beta > 0``); with demonstrations ``sft_loss``
+        (their SFT loss, before weighting, a mean over optimiser steps).
 
     Raises:
         NonFiniteLossError: a loss or the gradient norm is NaN/inf (before the optimiser step, so the weights
@@ -71,7 +77,8 @@ def grpo_update(
     if batch.old_logprobs is None and (num_iterations > 1 or minibatch_size < batch.size):
         raise ValueError("the policy moves before the last optimisation step: sample with keep_old_logprobs=True")
     totals: dict[str, float] = defaultdict(float)
-    micro_steps, grad_norms, losses = 0, [], []
+    micro_steps, grad_norms, losses, sft_losses = 0, [], [], []
+    mix = demonstrations is not None and demonstration_weight > 0
     model.train()  # gradient checkpointing only runs in training mode; dropout is off
     bar = tqdm(total=num_iterations * batch.size // minibatch_size, desc="grpo optimisation", unit="step",
                leave=False, disable=not progress)
@@ -98,6 +105,13 @@ def grpo_update(
                     minibatch_loss += loss.item()
                     for key, value in stats.items():
                         totals[key] += value.item()
+                if mix:
+                    sft_loss = demonstration_loss(model, demonstrations.next_batch())
+                    if not torch.isfinite(sft_loss):
+                        raise NonFiniteLossError(f"the SFT loss on the demonstrations became {sft_loss.item()}")
+                    (demonstration_weight * sft_loss).backward()
+                    sft_losses.append(sft_loss.item())
+                    minibatch_loss += demonstration_weight * sft_loss.item()
                 # An infinite max norm measures without clipping.
                 norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
                 if not torch.isfinite(norm):
@@ -114,4 +128,6 @@ def grpo_update(
     result = {key: value / max(micro_steps, 1) for key, value in totals.items()}
     result["loss"] = sum(losses) / max(len(losses), 1)
     result["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    if sft_losses:
+        result["sft_loss"] = sum(sft_losses) / len(sft_losses)
     return result
