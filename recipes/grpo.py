@@ -36,7 +36,7 @@ from lightalign.config import register_configs
 from lightalign.config.schema import optimizer_batch
 from lightalign.data import load_lm_examples, load_prompt_examples
 from lightalign.data.tokenize import tokenize_lm_examples, tokenize_prompts
-from lightalign.errors import ConfigError, NonFiniteLossError, RewardError, report_errors
+from lightalign.errors import ConfigError, DataError, NonFiniteLossError, RewardError, report_errors
 from lightalign.eval import EvalContext, reference_hooks, run_eval_hooks, untouched_rng
 from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import sample_groups
@@ -88,10 +88,14 @@ def main(cfg: DictConfig) -> None:
     print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")
     demonstrations = None
     if grpo.sft_loss_weight > 0:  # the SFT loss mixed into every optimiser step, on data.train's dialogues
-        demo_rows, demo_report = tokenize_lm_examples(
-            tokenizer, load_lm_examples(run.data.train, fmt=run.data.format, split=run.data.split,
-                                        limit=run.data.limit),
-            max_length=run.data.max_length, overlong=run.data.overlong)
+        try:
+            examples = load_lm_examples(run.data.train, fmt=run.data.format, split=run.data.split,
+                                        limit=run.data.limit)
+        except DataError as err:
+            raise DataError(err.origin, f"{str(err).removeprefix(err.origin + ': ')} (grpo.sft_loss_weight > 0 "
+                                        "learns from data.train's answers: give dialogues, or set it to 0)") from err
+        demo_rows, demo_report = tokenize_lm_examples(tokenizer, examples, max_length=run.data.max_length,
+                                                      overlong=run.data.overlong)
         demonstrations = DemonstrationBatches(demo_rows, trainer.per_device_train_batch_size,
                                               tokenizer.pad_token_id, seed=trainer.seed + 1, source=run.data.train)
         print(f"demonstrations for the SFT loss (weight {grpo.sft_loss_weight:g}): {demo_report.kept} kept, "
