@@ -87,18 +87,18 @@ def main(cfg: DictConfig) -> None:
     )
     print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")
     demonstrations = None
-    if grpo.sft_loss_weight > 0:  # the SFT loss mixed into every optimiser step, on data.train's dialogues
+    if grpo.sft_weight > 0:  # the SFT loss mixed into every optimiser step, on data.train's dialogues
         try:
             examples = load_lm_examples(run.data.train, fmt=run.data.format, split=run.data.split,
                                         limit=run.data.limit)
         except DataError as err:
-            raise DataError(err.origin, f"{str(err).removeprefix(err.origin + ': ')} (grpo.sft_loss_weight > 0 "
+            raise DataError(err.origin, f"{str(err).removeprefix(err.origin + ': ')} (grpo.sft_weight > 0 "
                                         "learns from data.train's answers: give dialogues, or set it to 0)") from err
         demo_rows, demo_report = tokenize_lm_examples(tokenizer, examples, max_length=run.data.max_length,
                                                       overlong=run.data.overlong)
         demonstrations = DemonstrationBatches(demo_rows, trainer.per_device_train_batch_size,
                                               tokenizer.pad_token_id, seed=trainer.seed + 1, source=run.data.train)
-        print(f"demonstrations for the SFT loss (weight {grpo.sft_loss_weight:g}): {demo_report.kept} kept, "
+        print(f"demonstrations for the SFT loss (weight {grpo.sft_weight:g}): {demo_report.kept} kept, "
               f"{demo_report.truncated} truncated, {demo_report.skipped} skipped")
     eval_prompts = []
     if run.data.prompts and run.eval.num_prompts > 0:
@@ -153,7 +153,7 @@ def main(cfg: DictConfig) -> None:
         checkpoint.restore(optimizer, scheduler, sampler)
         if demonstrations is not None:
             if "demonstrations" not in checkpoint.state:
-                raise ConfigError(f"cannot resume {resume_from} with grpo.sft_loss_weight > 0: it was saved "
+                raise ConfigError(f"cannot resume {resume_from} with grpo.sft_weight > 0: it was saved "
                                   "without the SFT loss; resume with the same settings or use a new hydra.run.dir")
             demonstrations.load_state_dict(checkpoint.state["demonstrations"])
         start = checkpoint.step
@@ -185,7 +185,7 @@ def main(cfg: DictConfig) -> None:
                 kl_estimator=grpo.kl_estimator, aggregation=grpo.aggregation, max_new_tokens=grpo.max_new_tokens,
                 temperature=grpo.temperature, num_iterations=grpo.num_iterations, minibatch_size=minibatch,
                 micro_batch_size=trainer.per_device_train_batch_size, max_grad_norm=trainer.max_grad_norm,
-                demonstrations=demonstrations, demonstration_weight=grpo.sft_loss_weight,
+                demonstrations=demonstrations, demonstration_weight=grpo.sft_weight,
             )
         except (NonFiniteLossError, RewardError) as err:
             last = find_resume_checkpoint(out)

@@ -67,7 +67,7 @@ def _resume_args(out: Path, sft_adapter: Path) -> list[str]:
     # demonstrations' order and the optimiser exactly.
     return [*QUICK, "trainer.max_steps=6", "trainer.save_steps=2", "trainer.save_total_limit=0",
             "trainer.gradient_accumulation_steps=1", "grpo.num_iterations=2", "eval.num_prompts=0",
-            "grpo.sft_loss_weight=0.5",
+            "grpo.sft_weight=0.5",
             f"hydra.run.dir={out}", f"grpo.sft_adapter={sft_adapter}"]
 
 
@@ -112,9 +112,9 @@ def test_bad_settings_fail_before_anything_loads(tmp_path, capsys):
     common = ["run", "grpo", "model=tiny-random", f"hydra.run.dir={tmp_path / 'x'}"]
     assert cli([*common, "rewards=none"]) == 2
     assert cli([*common, "grpo.group_size=1"]) == 2
-    assert cli([*common, "grpo.sft_loss_weight=-1"]) == 2
+    assert cli([*common, "grpo.sft_weight=-1"]) == 2
     err = capsys.readouterr().err
-    assert "GRPO has no reward" in err and "grpo.group_size=1" in err and "grpo.sft_loss_weight=-1.0" in err
+    assert "GRPO has no reward" in err and "grpo.group_size=1" in err and "grpo.sft_weight=-1.0" in err
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
@@ -144,10 +144,10 @@ def test_grpo_on_a_reward_model_logs_its_part_and_its_scores(tmp_path, reward_ru
 
 
 def test_the_sft_loss_without_dialogues_in_data_train_is_a_one_line_error(tmp_path, capsys):
-    args = ["run", "grpo", *QUICK, "data.train=demo:prompts", "grpo.sft_loss_weight=0.5",
+    args = ["run", "grpo", *QUICK, "data.train=demo:prompts", "grpo.sft_weight=0.5",
             f"hydra.run.dir={tmp_path / 'x'}"]
     assert cli(args) == 2
     err = capsys.readouterr().err
     line = err.split("lightalign: error:", 1)[1].split("\n", 1)[0]
-    assert "prompts.jsonl:1: unrecognised row" in line and "grpo.sft_loss_weight > 0 learns from" in line
+    assert "prompts.jsonl:1: unrecognised row" in line and "grpo.sft_weight > 0 learns from" in line
     assert "Traceback" not in err

@@ -440,7 +440,7 @@ class GRPOOptions:
     mask_truncated: bool = False  # leave answers cut off at max_new_tokens out of the loss (DAPO)
     # weight of the SFT loss on data.train's demonstrations added to every optimiser step (InstructGPT's
     # PPO-ptx: keeps skills that no sampled reward defends); 0: off. data.train must then hold dialogues.
-    sft_loss_weight: float = 0.0
+    sft_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -461,8 +461,8 @@ class GRPOOptions:
             raise ConfigError(f"grpo.scale_eps={self.scale_eps}: give a value > 0")
         if not math.isfinite(self.reward_model_weight):
             raise ConfigError(f"grpo.reward_model_weight={self.reward_model_weight} is not a finite number")
-        if not (math.isfinite(self.sft_loss_weight) and self.sft_loss_weight >= 0):
-            raise ConfigError(f"grpo.sft_loss_weight={self.sft_loss_weight}: give a finite weight >= 0 (0: off)")
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise ConfigError(f"grpo.sft_weight={self.sft_weight}: give a finite weight >= 0 (0: off)")
         check_choice("grpo.advantage", self.advantage, GRPO_ADVANTAGES)
         check_choice("grpo.loss_aggregation", self.loss_aggregation, GRPO_AGGREGATIONS)
         check_choice("grpo.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
