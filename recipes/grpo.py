@@ -7,9 +7,10 @@
 
 Supports: the policy as a trainable adapter on the base, started from the SFT adapter (``grpo.sft_adapter``; the
 reference is then a frozen copy of it) or fresh (the reference is the base, adapters off); ``grpo.beta=0``
-computes no reference log-probs. The reward is a weighted list of ``(prompts, answers) -> scores`` callables
-(``rewards``, e.g. the demo judge's correctness) and/or a reward stage's model (``grpo.reward_model``), each part
-logged. Per step: ``grpo.batch_size`` prompts × ``grpo.group_size`` answers sampled in one batch; advantages
+computes no reference log-probs; ``grpo.sft_weight`` mixes the SFT loss on ``data.train``'s demonstrations into
+every optimiser step (InstructGPT's PPO-ptx). The reward is a weighted list of ``(prompts, answers) -> scores``
+callables (``rewards``, e.g. the demo judge's correctness) and/or a reward stage's model (``grpo.reward_model``),
+each part logged. Per step: ``grpo.batch_size`` prompts × ``grpo.group_size`` answers sampled in one batch; advantages
 within each group (``grpo.advantage``: grpo | rloo | dr_grpo); ``grpo.num_iterations`` passes of the clipped
 ratio loss + β·KL (k3) over the answers in mini-batches, aggregated by ``grpo.loss_aggregation``.
 ``trainer.max_steps`` counts steps. Checkpoints every ``trainer.save_steps`` steps (atomic); the same command
@@ -98,8 +99,9 @@ def main(cfg: DictConfig) -> None:
                                                       overlong=run.data.overlong)
         demonstrations = DemonstrationBatches(demo_rows, trainer.per_device_train_batch_size,
                                               tokenizer.pad_token_id, seed=trainer.seed + 1, source=run.data.train)
-        print(f"demonstrations for the SFT loss (weight {grpo.sft_weight:g}): {demo_report.kept} kept, "
-              f"{demo_report.truncated} truncated, {demo_report.skipped} skipped")
+        print(f"demonstrations for the SFT loss (weight {grpo.sft_weight:g}): {len(demonstrations.rows)} kept, "
+              f"{demo_report.truncated} truncated, {demo_report.skipped} skipped (too long), "
+              f"{demonstrations.left_out} without an answer")
     eval_prompts = []
     if run.data.prompts and run.eval.num_prompts > 0:
         eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)

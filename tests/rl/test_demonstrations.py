@@ -27,7 +27,8 @@ def test_batches_resume_where_the_state_left_off():
 
 def test_rows_without_an_answer_are_left_out_and_none_at_all_is_a_data_error():
     prompt_only = {"input_ids": [1, 2], "labels": [IGNORE_INDEX, IGNORE_INDEX]}
-    assert len(DemonstrationBatches([*ROWS, prompt_only], batch_size=1, pad_token_id=0, seed=0).rows) == 3
+    batches = DemonstrationBatches([*ROWS, prompt_only], batch_size=1, pad_token_id=0, seed=0)
+    assert len(batches.rows) == 3 and batches.left_out == 1  # counted: the recipe prints it
     with pytest.raises(DataError, match="prompts.jsonl: no row has an assistant answer"):
         DemonstrationBatches([prompt_only], batch_size=1, pad_token_id=0, seed=0, source="prompts.jsonl")
 

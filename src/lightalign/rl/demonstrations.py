@@ -29,7 +29,9 @@ class DemonstrationBatches:
 
     def __init__(self, rows: Sequence[dict[str, list[int]]], batch_size: int, pad_token_id: int, *, seed: int,
                  source: str = "the demonstrations") -> None:
-        rows = [row for row in rows if any(label != -100 for label in row["labels"])]
+        answered = [row for row in rows if any(label != -100 for label in row["labels"])]
+        self.left_out = len(rows) - len(answered)  # rows with no assistant answer: nothing to learn (reported)
+        rows = answered
         if not rows:
             raise DataError(source, "no row has an assistant answer to learn from (the SFT loss in RL needs "
                                     "demonstrations: dialogues with assistant turns)")
