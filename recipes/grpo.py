@@ -93,8 +93,8 @@ def main(cfg: DictConfig) -> None:
             examples = load_lm_examples(run.data.train, fmt=run.data.format, split=run.data.split,
                                         limit=run.data.limit)
         except DataError as err:
-            raise DataError(err.origin, f"{str(err).removeprefix(err.origin + ': ')} (grpo.sft_weight > 0 "
-                                        "learns from data.train's answers: give dialogues, or set it to 0)") from err
+            raise DataError(err.origin, f"{err.message} (grpo.sft_weight > 0 learns from data.train's answers: "
+                                        "give dialogues, or set it to 0)", field=err.field) from err
         demo_rows, demo_report = tokenize_lm_examples(tokenizer, examples, max_length=run.data.max_length,
                                                       overlong=run.data.overlong)
         demonstrations = DemonstrationBatches(demo_rows, trainer.per_device_train_batch_size,

@@ -29,6 +29,7 @@ class DataError(LightalignError):
         super().__init__(where + message)
         self.origin = origin
         self.field = field
+        self.message = message  # without the origin: a caller adding context re-raises with the same origin
 
 
 class ConfigError(LightalignError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn import functional as F
+from transformers import AutoModelForCausalLM
 
 from lightalign.data.tokenize import IGNORE_INDEX
 from lightalign.errors import DataError
@@ -33,24 +33,18 @@ def test_rows_without_an_answer_are_left_out_and_none_at_all_is_a_data_error():
         DemonstrationBatches([prompt_only], batch_size=1, pad_token_id=0, seed=0, source="prompts.jsonl")
 
 
-class Bigram(torch.nn.Module):
-    """A tiny causal LM with the transformers call signature: logits from the current token alone."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.table = torch.nn.Embedding(10, 10)
-
-    def forward(self, input_ids, attention_mask, labels):
-        logits = self.table(input_ids)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, 10), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
-        return type("Out", (), {"loss": loss, "logits": logits})
-
-
-def test_the_loss_is_the_mean_over_answer_tokens_only():
+def test_the_loss_is_the_mean_over_answer_tokens_only(tiny_model_dir):
     torch.manual_seed(0)
-    model = Bigram()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     batch = DemonstrationBatches(ROWS, batch_size=3, pad_token_id=0, seed=0).next_batch()
-    log_probs = model.table.weight.log_softmax(-1)
-    # the answer tokens predicted from the token before each: 6->7, 7->0 | 8->9 | 3->4, 4->2
-    by_hand = -torch.stack([log_probs[6, 7], log_probs[7, 0], log_probs[8, 9], log_probs[3, 4], log_probs[4, 2]])
-    torch.testing.assert_close(demonstration_loss(model, batch), by_hand.mean())
+    with torch.no_grad():
+        loss = demonstration_loss(model, batch)
+        log_probs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    # the answer tokens, each predicted from the position before it: 7, 0 | 9 | 4, 2 (padding and prompts: no loss)
+    by_hand = []
+    for row, rows_labels in enumerate(batch["labels"].tolist()):
+        for t, label in enumerate(rows_labels):
+            if label != IGNORE_INDEX:
+                by_hand.append(-log_probs[row, t - 1, label])
+    assert len(by_hand) == 5
+    torch.testing.assert_close(loss, torch.stack(by_hand).mean())

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from lightalign.data.collators import pad_lm
+from lightalign.data.tokenize import IGNORE_INDEX
 from lightalign.errors import DataError
+from lightalign.models.logprobs import causal_lm_label_logprobs
 from lightalign.rl.prompts import PromptSampler
 
 
@@ -29,7 +31,7 @@ class DemonstrationBatches:
 
     def __init__(self, rows: Sequence[dict[str, list[int]]], batch_size: int, pad_token_id: int, *, seed: int,
                  source: str = "the demonstrations") -> None:
-        answered = [row for row in rows if any(label != -100 for label in row["labels"])]
+        answered = [row for row in rows if any(label != IGNORE_INDEX for label in row["labels"])]
         self.left_out = len(rows) - len(answered)  # rows with no assistant answer: nothing to learn (reported)
         rows = answered
         if not rows:
@@ -51,7 +53,13 @@ class DemonstrationBatches:
 
 
 def demonstration_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The mean next-token loss of ``model`` over the answer tokens of ``batch`` (the SFT loss; temperature 1)."""
+    """The mean next-token loss of ``model`` over the answer tokens of ``batch`` (the SFT loss; temperature 1).
+
+    Through :func:`~lightalign.models.logprobs.causal_lm_label_logprobs`, as the SFT stage's loss: the output
+    layer sees the labelled positions only, never the full ``[B, T, vocabulary]`` logits.
+    """
     device = next(model.parameters()).device
     batch = {key: value.to(device) for key, value in batch.items()}
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    logprobs = causal_lm_label_logprobs(model, batch["input_ids"], batch["labels"],
+                                        attention_mask=batch["attention_mask"])
+    return -logprobs.sum() / (batch["labels"][:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
