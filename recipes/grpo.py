@@ -35,9 +35,9 @@ from transformers import TrainingArguments, get_scheduler
 
 from lightalign.config import register_configs
 from lightalign.config.schema import optimizer_batch
-from lightalign.data import load_lm_examples, load_prompt_examples
-from lightalign.data.tokenize import tokenize_lm_examples, tokenize_prompts
-from lightalign.errors import ConfigError, DataError, NonFiniteLossError, RewardError, report_errors
+from lightalign.data import load_prompt_examples
+from lightalign.data.tokenize import tokenize_prompts
+from lightalign.errors import NonFiniteLossError, RewardError, report_errors
 from lightalign.eval import EvalContext, reference_hooks, run_eval_hooks, untouched_rng
 from lightalign.grpo.rewards import RewardPart, WeightedReward
 from lightalign.grpo.rollout import sample_groups
@@ -55,7 +55,12 @@ from lightalign.models.roles import (
 from lightalign.models.trained import ModelSource
 from lightalign.reward_model import RewardRole, SharedBaseRewardModel
 from lightalign.rl.checkpoint import load_loop_checkpoint, save_loop_checkpoint
-from lightalign.rl.demonstrations import DemonstrationBatches
+from lightalign.rl.demonstrations import (
+    CHECKPOINT_KEY,
+    describe_demonstrations,
+    load_demonstrations,
+    restore_demonstrations,
+)
 from lightalign.rl.prompts import PromptSampler
 from lightalign.rundir import ADAPTER, LOG, StageRun, append_log, means_at_both_ends, read_log, trim_log
 from lightalign.stage import finish_stage, start_stage
@@ -89,19 +94,11 @@ def main(cfg: DictConfig) -> None:
     print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")
     demonstrations = None
     if grpo.sft_weight > 0:  # the SFT loss mixed into every optimiser step, on data.train's dialogues
-        try:
-            examples = load_lm_examples(run.data.train, fmt=run.data.format, split=run.data.split,
-                                        limit=run.data.limit)
-        except DataError as err:
-            raise DataError(err.origin, f"{err.message} (grpo.sft_weight > 0 learns from data.train's answers: "
-                                        "give dialogues, or set it to 0)", field=err.field) from err
-        demo_rows, demo_report = tokenize_lm_examples(tokenizer, examples, max_length=run.data.max_length,
-                                                      overlong=run.data.overlong)
-        demonstrations = DemonstrationBatches(demo_rows, trainer.per_device_train_batch_size,
-                                              tokenizer.pad_token_id, seed=trainer.seed + 1, source=run.data.train)
-        print(f"demonstrations for the SFT loss (weight {grpo.sft_weight:g}): {len(demonstrations.rows)} kept, "
-              f"{demo_report.truncated} truncated, {demo_report.skipped} skipped (too long), "
-              f"{demonstrations.left_out} without an answer")
+        demonstrations, demo_report = load_demonstrations(
+            run.data.train, fmt=run.data.format, split=run.data.split, limit=run.data.limit, tokenizer=tokenizer,
+            max_length=run.data.max_length, overlong=run.data.overlong, batch_size=trainer.per_device_train_batch_size,
+            seed=trainer.seed + 1, option="grpo.sft_weight")
+        print(describe_demonstrations(demonstrations, demo_report, grpo.sft_weight))
     eval_prompts = []
     if run.data.prompts and run.eval.num_prompts > 0:
         eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
@@ -154,10 +151,7 @@ def main(cfg: DictConfig) -> None:
         load_adapter_weights(model, POLICY, checkpoint.trainable)
         checkpoint.restore(optimizer, scheduler, sampler)
         if demonstrations is not None:
-            if "demonstrations" not in checkpoint.state:
-                raise ConfigError(f"cannot resume {resume_from} with grpo.sft_weight > 0: it was saved "
-                                  "without the SFT loss; resume with the same settings or use a new hydra.run.dir")
-            demonstrations.load_state_dict(checkpoint.state["demonstrations"])
+            restore_demonstrations(demonstrations, checkpoint.state, checkpoint=resume_from, option="grpo.sft_weight")
         start = checkpoint.step
         print(f"resuming from {resume_from} (step {start} of {total})")
     trim_log(out / LOG, run.stage, start)  # steps after the checkpoint are logged again
@@ -215,7 +209,7 @@ def main(cfg: DictConfig) -> None:
         if step % trainer.save_steps == 0 or step == total:
             save_loop_checkpoint(out, step, trainable=adapter_weights(model, POLICY),
                                  optimizer=optimizer, scheduler=scheduler, sampler=sampler,
-                                 state={"demonstrations": demonstrations.state_dict()} if demonstrations else None,
+                                 state={CHECKPOINT_KEY: demonstrations.state_dict()} if demonstrations else None,
                                  keep=trainer.save_total_limit)
     bar.close()
     tracker.close()

@@ -12,8 +12,10 @@ frozen copy of it) or from a fresh adapter (the reference is the base); the rewa
 (``reward._target_``). Per update: sample ``ppo.batch_size`` answers (temperature/top-k/top-p), reward = score
 at the last token - β·KL per token (β fixed, or adaptive with ``ppo.kl_target``), optional score clip
 then missing-EOS penalty, reward whitening; GAE, whitened advantages; ``ppo.num_ppo_epochs`` epochs of clipped policy
-and value losses over shuffled mini-batches, entropy bonus, gradient clipping and accumulation. ``trainer.max_steps``
-counts PPO updates. Checkpoints every ``trainer.save_steps`` updates (atomic); the same command resumes.
+and value losses over shuffled mini-batches, entropy bonus, gradient clipping and accumulation; ``ppo.sft_weight``
+mixes the policy's SFT loss on ``data.train``'s demonstrations into every optimiser step (InstructGPT's PPO-ptx).
+``trainer.max_steps`` counts PPO updates. Checkpoints every ``trainer.save_steps`` updates (atomic); the same
+command resumes.
 
 Writes DIR/adapter/ (the policy), DIR/metrics.json (gold_score, rm_score, win_rate_{gold,rm} against the
 reference's answers, kl_to_sft; sft_* = the reference, the SFT model; ``base`` for ``sft`` without an SFT adapter;
@@ -47,6 +49,12 @@ from lightalign.ppo.rollout import collect_rollout
 from lightalign.ppo.update import ppo_update
 from lightalign.reward_model import SharedBaseRewardModel
 from lightalign.rl.checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from lightalign.rl.demonstrations import (
+    CHECKPOINT_KEY,
+    describe_demonstrations,
+    load_demonstrations,
+    restore_demonstrations,
+)
 from lightalign.rl.prompts import PromptSampler
 from lightalign.rundir import (
     ADAPTER,
@@ -90,6 +98,13 @@ def main(cfg: DictConfig) -> None:
         overlong=run.data.overlong,
     )
     print(f"prompts: {prompt_report.kept} kept, {prompt_report.truncated} truncated, {prompt_report.skipped} skipped")
+    demonstrations = None
+    if ppo.sft_weight > 0:  # the policy's SFT loss mixed into every optimiser step, on data.train's dialogues
+        demonstrations, demo_report = load_demonstrations(
+            run.data.train, fmt=run.data.format, split=run.data.split, limit=run.data.limit, tokenizer=tokenizer,
+            max_length=run.data.max_length, overlong=run.data.overlong, batch_size=trainer.per_device_train_batch_size,
+            seed=trainer.seed + 1, option="ppo.sft_weight")  # an order of its own, apart from the prompts'
+        print(describe_demonstrations(demonstrations, demo_report, ppo.sft_weight))
     eval_prompts = []
     if run.data.prompts and run.eval.num_prompts > 0:
         eval_prompts = load_prompt_examples(run.data.prompts, limit=run.eval.num_prompts)
@@ -145,6 +160,8 @@ def main(cfg: DictConfig) -> None:
         roles.load_trainable_state_dict(checkpoint.trainable)
         kl_control.load_state_dict(checkpoint.state["kl_controller"])
         checkpoint.restore(optimizer, scheduler, sampler)
+        if demonstrations is not None:
+            restore_demonstrations(demonstrations, checkpoint.state, checkpoint=resume_from, option="ppo.sft_weight")
         start = checkpoint.step
         print(f"resuming from {resume_from} (update {start} of {total})")
     trim_log(out / LOG, run.stage, start)  # updates after the checkpoint are logged again
@@ -165,7 +182,8 @@ def main(cfg: DictConfig) -> None:
             sampled = time.perf_counter()
             update_stats = ppo_update(roles, optimizer, rollout, ppo, minibatch_size=minibatch,
                                       micro_batch_size=trainer.per_device_train_batch_size,
-                                      max_grad_norm=trainer.max_grad_norm)
+                                      max_grad_norm=trainer.max_grad_norm, demonstrations=demonstrations,
+                                      demonstration_weight=ppo.sft_weight)
         except NonFiniteLossError as err:
             last = find_resume_checkpoint(out)
             raise NonFiniteLossError(
@@ -196,9 +214,11 @@ def main(cfg: DictConfig) -> None:
             append_log(out / LOG, run.stage, step, {f"eval/{k}": v for k, v in evals.items()})
             tracker.log({f"eval_{k}": v for k, v in evals.items()}, step)  # shown as eval/{k}, as TRL's
         if step % trainer.save_steps == 0 or step == total:
+            state = {"kl_controller": kl_control.state_dict()}
+            if demonstrations is not None:
+                state[CHECKPOINT_KEY] = demonstrations.state_dict()
             save_loop_checkpoint(out, step, trainable=roles.trainable_state_dict(), optimizer=optimizer,
-                                 scheduler=scheduler, sampler=sampler, state={"kl_controller": kl_control.state_dict()},
-                                 keep=trainer.save_total_limit)
+                                 scheduler=scheduler, sampler=sampler, state=state, keep=trainer.save_total_limit)
     bar.close()
     tracker.close()
 

@@ -1,4 +1,4 @@
-"""PPO updates on a 4-bit tiny model: accumulation, non-finite losses, and a learning test."""
+"""PPO updates on a 4-bit tiny model: accumulation, non-finite losses, the SFT loss mixed in, a learning test."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 
 import lightalign.ppo.rollout as rollout_module
 from lightalign.config.schema import PPOSettings
-from lightalign.data import load_prompt_examples
-from lightalign.data.tokenize import tokenize_prompts
+from lightalign.data import load_lm_examples, load_prompt_examples
+from lightalign.data.collators import pad_lm
+from lightalign.data.tokenize import tokenize_lm_examples, tokenize_prompts
 from lightalign.errors import NonFiniteLossError
 from lightalign.models import LoraSettings, Quantization, load_base_model, load_tokenizer, resolve_precision
 from lightalign.models.roles import POLICY, VALUE, parameters_by_adapter
@@ -19,6 +20,7 @@ from lightalign.ppo.losses import entropy_from_logits
 from lightalign.ppo.roles import SharedBaseRoles, load_shared_base_roles
 from lightalign.ppo.rollout import Rollout, collect_rollout
 from lightalign.ppo.update import ppo_update
+from lightalign.rl.demonstrations import DemonstrationBatches, demonstration_loss
 from lightalign.rl.prompts import PromptSampler
 
 TINY = "lightalign:tiny-random"
@@ -104,8 +106,16 @@ def test_minibatch_must_divide_the_rollout(tiny_tokenizer):
         ppo_update(roles, optimizer, rollout, settings, minibatch_size=3, micro_batch_size=3, progress=False)
 
 
-def test_gradient_checkpointing_gives_the_same_update(tiny_random_stages, tiny_tokenizer):
-    """One backward per role keeps the gradients right under checkpointing (see lightalign.ppo.update)."""
+def demonstrations(tokenizer, n: int = 4) -> DemonstrationBatches:
+    """The first ``n`` demo dialogues for the SFT loss, 2 per optimiser step."""
+    rows, _ = tokenize_lm_examples(tokenizer, load_lm_examples("demo:sft", limit=n), max_length=200)
+    return DemonstrationBatches(rows, batch_size=2, pad_token_id=tokenizer.pad_token_id, seed=0)
+
+
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_gradient_checkpointing_gives_the_same_update(tiny_random_stages, tiny_tokenizer, sft_weight):
+    """One backward per role keeps the gradients right under checkpointing (see lightalign.ppo.update), the SFT
+    loss's included: it too must run its backward while the policy adapter is active."""
     settings = PPOSettings(batch_size=4, max_new_tokens=4, num_ppo_epochs=1)
     results = []
     for checkpointing in (False, True):
@@ -113,7 +123,8 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_random_stages, tiny_t
         rollout = make_rollout(roles, tiny_tokenizer, settings)
         optimizer = torch.optim.SGD(roles.trainable_parameters(), lr=0.5)
         torch.manual_seed(5)
-        ppo_update(roles, optimizer, rollout, settings, minibatch_size=4, micro_batch_size=2, progress=False)
+        ppo_update(roles, optimizer, rollout, settings, minibatch_size=4, micro_batch_size=2, progress=False,
+                   demonstrations=demonstrations(tiny_tokenizer), demonstration_weight=sft_weight)
         results.append(trainable_copy(roles))
     for key in results[0]:
         torch.testing.assert_close(results[1][key], results[0][key], atol=1e-5, rtol=1e-4)
@@ -138,6 +149,63 @@ def test_vf_coef_scales_the_value_step_and_nothing_else(tiny_tokenizer):
     for key in start:
         factor = 3.0 if key in value_keys else 1.0  # 0.3 / 0.1 for the value role; the policy does not see it
         torch.testing.assert_close(large[key], factor * small[key], atol=1e-7, rtol=1e-4)
+
+
+def test_the_sft_loss_trains_the_policy_and_leaves_the_value_role_alone(tiny_tokenizer):
+    """InstructGPT's PPO-ptx: with every advantage 0 the policy loss has no gradient, so only the SFT loss on the
+    demonstrations can move the policy; the value role's step is the one it takes without demonstrations."""
+    settings = PPOSettings(batch_size=4, max_new_tokens=4, num_ppo_epochs=1)
+    roles = build_roles(TINY, compute=torch.float32)
+    rollout = make_rollout(roles, tiny_tokenizer, settings)
+    rollout.advantages.zero_()
+    demos = demonstrations(tiny_tokenizer)
+    every_demo = pad_lm(demos.rows, tiny_tokenizer.pad_token_id)
+
+    def sft_loss_now() -> float:
+        with torch.no_grad():
+            return demonstration_loss(roles.activate_policy(), every_demo).item()
+
+    start, before = trainable_copy(roles), sft_loss_now()
+    results = []
+    for mixed in (None, demos):
+        roles.load_trainable_state_dict(start)
+        optimizer = torch.optim.SGD(roles.trainable_parameters(), lr=0.5)  # no clipping: the norm couples the roles
+        torch.manual_seed(5)  # the same shuffle
+        stats = ppo_update(roles, optimizer, rollout, settings, minibatch_size=2, micro_batch_size=2,
+                           max_grad_norm=None, progress=False, demonstrations=mixed, demonstration_weight=1.0)
+        results.append((trainable_copy(roles), stats))
+    (alone, alone_stats), (with_sft, sft_stats) = results
+    policy_keys = [k for k in start if k.startswith("policy/")]
+    value_keys = [k for k in start if not k.startswith("policy/")]
+    # without demonstrations: nothing moves the policy, and no sft_loss is logged
+    assert "sft_loss" not in alone_stats and all(torch.equal(alone[k], start[k]) for k in policy_keys)
+    # with them: the policy moved and the demonstrations became more likely...
+    assert any(not torch.equal(with_sft[k], start[k]) for k in policy_keys)
+    assert sft_loss_now() < before
+    assert sft_stats["sft_loss"] == pytest.approx(before, rel=0.2)  # logged: before weighting (2 steps' mean)
+    # ... while the value role took exactly the step it takes without them (its adapter was not active)
+    assert any(not torch.equal(alone[k], start[k]) for k in value_keys)
+    assert all(torch.equal(with_sft[k], alone[k]) for k in value_keys)
+    fresh = demonstrations(tiny_tokenizer)
+    fresh.next_batch(), fresh.next_batch()
+    assert demos.state_dict() == fresh.state_dict()  # one batch per optimiser step: 2 steps of 2 rollouts
+
+
+def test_a_non_finite_sft_loss_stops_before_the_optimizer_step(tiny_tokenizer, monkeypatch):
+    import lightalign.ppo.update as update_module
+
+    settings = PPOSettings(batch_size=4, max_new_tokens=4, num_ppo_epochs=1)
+    roles = build_roles(TINY)
+    rollout = make_rollout(roles, tiny_tokenizer, settings)
+    monkeypatch.setattr(update_module, "demonstration_loss",
+                        lambda model, batch: demonstration_loss(model, batch) * float("inf"))
+    before = trainable_copy(roles)
+    optimizer = torch.optim.SGD(roles.trainable_parameters(), lr=0.5)
+    with pytest.raises(NonFiniteLossError, match="SFT loss on the demonstrations became inf"):
+        ppo_update(roles, optimizer, rollout, settings, minibatch_size=4, micro_batch_size=4, progress=False,
+                   demonstrations=demonstrations(tiny_tokenizer), demonstration_weight=0.5)
+    after = roles.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def policy_entropy(roles: SharedBaseRoles, rollout: Rollout) -> float:

@@ -1,4 +1,4 @@
-"""Preference fixtures shared by the reward and DPO recipe tests: a separable toy ranking set, a reward run."""
+"""Fixtures shared by the recipe tests: a separable toy ranking set, a reward run, checks of RL runs and errors."""
 
 from __future__ import annotations
 
@@ -83,6 +83,19 @@ def judge_fails_once(monkeypatch):
 
     monkeypatch.setattr(judge.GoldJudge, "__call__", nan_on_second_batch)
     return lambda: monkeypatch.setattr(judge.GoldJudge, "__call__", original)
+
+
+@pytest.fixture
+def error_line(capsys):
+    """Read what a failed run printed to stderr: its one ``lightalign: error: ...`` line (progress bars share
+    stderr, so it may follow one's carriage return), checking that no stack trace came with it."""
+
+    def read() -> str:
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return "lightalign: error:" + err.split("lightalign: error:", 1)[1].split("\n", 1)[0]
+
+    return read
 
 
 @pytest.fixture

@@ -55,10 +55,11 @@ def test_lightalign_run_ppo_writes_the_run_dir(tmp_path, check_policy_run, sft_a
 
 
 def _resume_args(out: Path, sft_adapter: Path, reward_run: Path) -> list[str]:
-    # Adaptive β with a short horizon: β moves at every update, so a resume that lost it would show.
+    # Adaptive β with a short horizon: β moves at every update, so a resume that lost it would show; the SFT loss
+    # on demonstrations, so a resume that lost their order would show in sft_loss.
     return [*QUICK, "trainer.max_steps=6", "trainer.save_steps=2", "trainer.save_total_limit=0",
             "eval.num_prompts=0", f"hydra.run.dir={out}", f"ppo.sft_adapter={sft_adapter}",
-            f"ppo.reward_model={reward_run}", "ppo.kl_target=0.01", "ppo.kl_horizon=20"]
+            f"ppo.reward_model={reward_run}", "ppo.kl_target=0.01", "ppo.kl_horizon=20", "ppo.sft_weight=0.5"]
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, killed_after_a_checkpoint, sft_adapter,
@@ -85,6 +86,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, killed
     assert [r["score"] for r in rows] == pytest.approx([r["score"] for r in full_rows], abs=1e-5)
     betas = [r["kl_coef"] for r in rows]
     assert len(set(betas)) == 6 and betas == pytest.approx([r["kl_coef"] for r in full_rows], rel=1e-6)
+    sft_losses = [r["sft_loss"] for r in rows]
+    assert len(set(sft_losses)) == 6 and sft_losses == pytest.approx([r["sft_loss"] for r in full_rows], abs=1e-5)
 
 
 def test_non_finite_reward_stops_naming_the_update_and_keeps_the_checkpoint(tmp_path, capsys, judge_fails_once):
@@ -107,6 +110,36 @@ def test_exactly_one_reward_is_required(tmp_path, capsys, reward_run):
     assert cli([*common, "reward=gold_judge", f"ppo.reward_model={reward_run}"]) == 2
     assert cli(common) == 2
     assert capsys.readouterr().err.count("set exactly one reward") == 2
+
+
+def test_a_bad_sft_weight_fails_before_anything_loads(tmp_path, capsys):
+    out = tmp_path / "x"
+    common = ["run", "ppo", "model=tiny-random", "reward=gold_judge", f"hydra.run.dir={out}"]
+    assert cli([*common, "ppo.sft_weight=-1"]) == 2
+    assert cli([*common, "ppo.sft_weight=inf"]) == 2
+    err = capsys.readouterr().err
+    assert "ppo.sft_weight=-1.0: give a finite weight >= 0" in err and "ppo.sft_weight=inf: give" in err
+    assert "Traceback" not in err and not (out / "config.yaml").exists()  # the typed config failed: nothing ran
+
+
+def test_the_sft_loss_without_dialogues_in_data_train_is_a_one_line_error(tmp_path, error_line):
+    args = ["run", "ppo", *QUICK, "reward=gold_judge", "data.train=demo:prompts", "ppo.sft_weight=0.5",
+            f"hydra.run.dir={tmp_path / 'x'}"]
+    assert cli(args) == 2
+    line = error_line()
+    assert "prompts.jsonl:1: unrecognised row" in line and "ppo.sft_weight > 0 learns from" in line
+
+
+def test_resuming_with_the_sft_loss_a_run_saved_without_it_is_a_one_line_error(tmp_path, capsys, error_line):
+    out = tmp_path / "run"
+    args = ["run", "ppo", *QUICK, "reward=gold_judge", "trainer.save_steps=1", "eval.num_prompts=0",
+            f"hydra.run.dir={out}"]
+    assert cli([*args, "trainer.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert cli([*args, "trainer.max_steps=2", "ppo.sft_weight=0.5"]) == 2
+    assert error_line() == (f"lightalign: error: cannot resume {out / 'checkpoints' / 'checkpoint-1'} with "
+                            "ppo.sft_weight > 0: it was saved without the SFT loss; resume with the same settings or "
+                            "use a new hydra.run.dir")
 
 
 def test_report_to_tensorboard_gets_each_update_and_evaluation(tmp_path, tensorboard_scalars):

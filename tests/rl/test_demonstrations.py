@@ -1,4 +1,4 @@
-"""Demonstrations for the SFT loss mixed into RL: their order resumes exactly; the loss is the answer tokens' one."""
+"""Demonstrations for the SFT loss mixed into RL: loading them, their order resumes exactly, the answer tokens' loss."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lightalign.data.tokenize import IGNORE_INDEX
-from lightalign.errors import DataError
-from lightalign.rl.demonstrations import DemonstrationBatches, demonstration_loss
+from lightalign.errors import ConfigError, DataError
+from lightalign.rl.demonstrations import (
+    CHECKPOINT_KEY,
+    DemonstrationBatches,
+    demonstration_loss,
+    describe_demonstrations,
+    load_demonstrations,
+    restore_demonstrations,
+)
 
 ROWS = [{"input_ids": [5, 6, 7, 0], "labels": [IGNORE_INDEX, IGNORE_INDEX, 7, 0]},
         {"input_ids": [8, 9], "labels": [IGNORE_INDEX, 9]},
@@ -48,3 +55,26 @@ def test_the_loss_is_the_mean_over_answer_tokens_only(tiny_model_dir):
                 by_hand.append(-log_probs[row, t - 1, label])
     assert len(by_hand) == 5
     torch.testing.assert_close(loss, torch.stack(by_hand).mean())
+
+
+def test_loading_prompts_only_is_a_data_error_naming_the_option(tiny_tokenizer):
+    settings = {"fmt": "auto", "split": "train", "limit": 4, "tokenizer": tiny_tokenizer, "max_length": 200,
+                "overlong": "error", "batch_size": 2, "seed": 0}
+    batches, report = load_demonstrations("demo:sft", **settings, option="ppo.sft_weight")
+    assert len(batches.rows) == report.kept == 4 and batches.left_out == 0
+    assert describe_demonstrations(batches, report, 0.5) == ("demonstrations for the SFT loss (weight 0.5): 4 kept, "
+                                                             "0 truncated, 0 skipped (too long), 0 without an answer")
+    with pytest.raises(DataError, match=r"prompts.jsonl:1: unrecognised row .*\(ppo.sft_weight > 0 learns from "
+                                        r"data.train's answers: give dialogues, or set it to 0\)"):
+        load_demonstrations("demo:prompts", **settings, option="ppo.sft_weight")
+
+
+def test_resuming_from_a_checkpoint_without_them_is_a_config_error():
+    batches = DemonstrationBatches(ROWS, batch_size=2, pad_token_id=0, seed=3)
+    saved = DemonstrationBatches(ROWS, batch_size=2, pad_token_id=0, seed=3)
+    saved.next_batch()
+    restore_demonstrations(batches, {"step": 4, CHECKPOINT_KEY: saved.state_dict()}, checkpoint="ckpt",
+                           option="ppo.sft_weight")
+    assert batches.state_dict() == saved.state_dict()
+    with pytest.raises(ConfigError, match="cannot resume ckpt with ppo.sft_weight > 0: it was saved without the SFT"):
+        restore_demonstrations(batches, {"step": 4}, checkpoint="ckpt", option="ppo.sft_weight")

@@ -326,7 +326,7 @@ class PPOSettings:
 
 @dataclass
 class PPOOptions(PPOSettings):
-    """``ppo.*``: PPO's hyper-parameters (see PPOSettings) and where its roles come from.
+    """``ppo.*``: PPO's hyper-parameters (see PPOSettings), where its roles come from, and the SFT loss mixed in.
 
     The reward is ``ppo.reward_model`` (a reward stage's run dir, run on the shared base) or the top-level
     ``reward`` component (any ``(prompts, answers) -> scores`` callable): exactly one of the two.
@@ -335,10 +335,17 @@ class PPOOptions(PPOSettings):
     sft_adapter: str | None = None  # SFT run dir or adapter folder: the policy starts here, the reference is it
     reward_model: str | None = None  # a reward stage's run dir
     value_init: str = "auto"  # auto (reward if there is a reward model, else fresh) | reward | fresh
+    # weight of the SFT loss on data.train's demonstrations added to every optimiser step of the policy
+    # (InstructGPT's PPO-ptx, against the alignment tax: skills that no sampled reward defends); 0: off. The
+    # same name as dpo.sft_weight and grpo.sft_weight; data.train must then hold dialogues. Here, not in
+    # PPOSettings: the recipe passes it to ppo_update with the demonstrations it weighs, as GRPO's does.
+    sft_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("ppo.value_init", self.value_init, VALUE_INITS)
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise ConfigError(f"ppo.sft_weight={self.sft_weight}: give a finite weight >= 0 (0: off)")
 
 
 @dataclass

@@ -4,6 +4,8 @@ One optimiser step per mini-batch of ``minibatch_size`` rollouts, accumulated ov
 ``micro_batch_size`` (gradient accumulation). Per micro-batch the policy loss is backpropagated *before*
 the values are computed: with gradient checkpointing the forward pass is recomputed during ``backward``
 under whatever adapter is active then, so each role gets its own backward while its adapter is active.
+With demonstrations (``ppo.sft_weight``), each optimiser step also backpropagates the policy's SFT loss on a
+batch of them, with the policy adapter active (:mod:`lightalign.rl.demonstrations`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lightalign.models.logprobs import logprobs_from_logits
 from lightalign.ppo.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles
 from lightalign.ppo.rollout import Rollout
+from lightalign.rl.demonstrations import DemonstrationBatches, demonstration_loss
 from lightalign.rl.masked import masked_mean
 
 
@@ -36,6 +39,8 @@ def ppo_update(
     minibatch_size: int,
     micro_batch_size: int,
     max_grad_norm: float | None = 1.0,
+    demonstrations: DemonstrationBatches | None = None,
+    demonstration_weight: float = 0.0,
     progress: bool = True,
 ) -> dict[str, float]:
     """Optimise the policy and value roles on ``rollout`` for ``settings.num_ppo_epochs`` epochs.
@@ -51,12 +56,16 @@ def ppo_update(
         minibatch_size: rollouts per optimiser step; must divide ``rollout.size``.
         micro_batch_size: rollouts per forward/backward pass (gradient accumulation inside a mini-batch).
         max_grad_norm: clip the global gradient norm of policy and value parameters; None: no clipping.
+        demonstrations, demonstration_weight: with both, every optimiser step also adds ``demonstration_weight``
+            × the policy's SFT loss on the next batch of demonstrations (InstructGPT's PPO-ptx); the value role
+            gets no gradient from it (its adapter is not active), though it counts in the clipped global norm.
         progress: show a progress bar over optimiser steps.
 
     Returns:
         Means over micro-batches: ``policy_loss``, ``value_loss``, ``entropy``, ``policy_clip_frac``,
         ``approx_kl``, ``ratio_mean``, ``value_clip_frac``, ``grad_norm``; and ``explained_variance`` of the
-        rollout's values.
+        rollout's values; with demonstrations ``sft_loss`` (their SFT loss, before weighting, a mean over
+        optimiser steps).
 
     Raises:
         NonFiniteLossError: a loss or the gradient norm is NaN/inf (before the optimiser step, so the
@@ -69,6 +78,8 @@ def ppo_update(
     totals: dict[str, float] = defaultdict(float)
     micro_steps = 0
     grad_norms: list[float] = []
+    sft_losses: list[float] = []
+    mix = demonstrations is not None and demonstration_weight > 0
     optimizer_steps = settings.num_ppo_epochs * (rollout.size // minibatch_size)
     roles.model.train()  # gradient checkpointing only runs in training mode; dropout is off in every role
     bar = tqdm(total=optimizer_steps, desc="ppo epochs", unit="step", leave=False, disable=not progress)
@@ -111,6 +122,11 @@ def ppo_update(
                     totals["approx_kl"] += pg_stats["approx_kl"].item()
                     totals["ratio_mean"] += pg_stats["ratio_mean"].item()
                     totals["value_clip_frac"] += vf_stats["value_clip_frac"].item()
+                if mix:  # once per optimiser step; backward now, while the policy adapter is active
+                    sft_loss = demonstration_loss(roles.activate_policy(), demonstrations.next_batch())
+                    _check_finite(sft_loss, "SFT loss on the demonstrations")
+                    (demonstration_weight * sft_loss).backward()
+                    sft_losses.append(sft_loss.item())
                 # An infinite max norm measures without clipping.
                 norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
                 _check_finite(norm, "gradient norm")
@@ -127,4 +143,6 @@ def ppo_update(
     stats = {key: value / max(micro_steps, 1) for key, value in totals.items()}
     stats["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     stats["explained_variance"] = explained_variance(rollout.values, rollout.returns, rollout.mask).item()
+    if sft_losses:
+        stats["sft_loss"] = sum(sft_losses) / len(sft_losses)
     return stats
