@@ -141,8 +141,11 @@ def test_the_schema_imports_no_torch():
          r"ppo.batch_size=6 must be a multiple of .* = 4"),
         (lambda: PPOStageConfig(ppo=PPOOptions(reward_model="r"), data=DataSettings(train="x", max_length=48)),
          "data.max_length=48 leaves no room for prompts of answers of ppo.max_new_tokens=48"),
+        (lambda: PPOOptions(sft_weight=-1.0), r"ppo.sft_weight=-1.0: give a finite weight >= 0"),
+        (lambda: PPOOptions(sft_weight=float("inf")), r"ppo.sft_weight=inf: give a finite weight >= 0"),
+        (lambda: GRPOOptions(sft_weight=float("nan")), r"grpo.sft_weight=nan: give a finite weight >= 0"),
     ],
-    ids=["no-reward", "two-rewards", "minibatch", "no-room"],
+    ids=["no-reward", "two-rewards", "minibatch", "no-room", "sft-weight", "sft-weight-inf", "grpo-sft-weight"],
 )
 def test_bad_ppo_settings_are_config_errors_at_compose_time(build, expected):
     with pytest.raises(ConfigError, match=expected):
