@@ -29,60 +29,51 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
 from harness import emit_result, print_table  # noqa: E402
 
-from lightalign.data.collators import pad_lm  # noqa: E402
 from lightalign.data.formats import prompt_text  # noqa: E402
 from lightalign.data.loading import load_prompt_examples  # noqa: E402
-from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, encode_prompt  # noqa: E402
+from lightalign.data.tokenize import tokenize_preference_pairs  # noqa: E402
+from lightalign.data.types import PreferencePair  # noqa: E402
 from lightalign.demo import ProbePair, build_probe_pairs, ensure_demo_data  # noqa: E402
-from lightalign.models.logprobs import causal_lm_label_logprobs  # noqa: E402
+from lightalign.eval.preference import completion_logprobs  # noqa: E402
 from lightalign.models.trained import ModelSource, load_model_source, resolve_model_source  # noqa: E402
 from lightalign.reward_model import RewardModel  # noqa: E402
 from lightalign.rundir import StageRun  # noqa: E402
 
 
-def mean_answer_logprobs(model: torch.nn.Module, tokenizer, prompts: list[str], answers: list[str],
-                         batch_size: int) -> list[float]:
-    """Each answer's mean log-probability per token (its chat-template end included) after its prompt."""
-    rows = []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        messages = [{"role": "user", "content": prompt}]
-        start, ids = len(encode_prompt(tokenizer, messages)), encode_exchange(tokenizer, messages, answer)
-        rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * start + ids[start:]})
-    scores: list[float] = []
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            batch = pad_lm(rows[i : i + batch_size], tokenizer.pad_token_id)
-            logprobs = causal_lm_label_logprobs(model, batch["input_ids"], batch["labels"],
-                                                attention_mask=batch["attention_mask"])
-            counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1)
-            scores += (logprobs.sum(-1) / counts).tolist()
-    return scores
+def reward_margins(reward_dir: Path, pairs: list[ProbePair], batch_size: int) -> list[float]:
+    """The reward model's score of each pair's correct answer minus its wrong one's."""
+    prompts = [p.prompt for p in pairs]
+    scores = RewardModel.load(reward_dir, batch_size=batch_size).score(
+        prompts + prompts, [p.correct for p in pairs] + [p.wrong for p in pairs])
+    return [c - w for c, w in zip(scores[: len(pairs)], scores[len(pairs) :], strict=True)]
 
 
-def likelihood_scorer(model: str, reward_dir: Path, batch_size: int):
-    """``(prompts, answers) -> scores``: mean answer log-probability under ``model`` (a stage's output, loaded as
-    it trained) or, for ``"base"``, under the reward stage's base model without any adapter."""
+def likelihood_margins(model: str, reward_dir: Path, pairs: list[ProbePair], batch_size: int) -> list[float]:
+    """Each pair's correct answer's mean log-probability per token minus its wrong one's, under ``model`` (a
+    stage's output, loaded as it trained) or, for ``"base"``, the reward stage's base without any adapter.
+
+    The answers are split off their prompts and scored as DPO's evaluation scores them
+    (:func:`~lightalign.data.tokenize.tokenize_preference_pairs`, :func:`~lightalign.eval.preference.
+    completion_logprobs`: the chat template's end of turn counts as an answer token).
+    """
+    reward_run = StageRun.open(reward_dir, stage="reward")
     if model == "base":
-        source = replace(ModelSource.of_run(StageRun.open(reward_dir, stage="reward")), adapter=None,
-                         head="causal-lm", stage=None)
+        source = replace(ModelSource.of_run(reward_run), adapter=None, head="causal-lm", stage=None)
     else:
         source = resolve_model_source(model)
     lm, tokenizer = load_model_source(source)
-    lm.eval()
-    return lambda prompts, answers: mean_answer_logprobs(lm, tokenizer, prompts, answers, batch_size)
+    rows, _ = tokenize_preference_pairs(
+        tokenizer, [PreferencePair([{"role": "user", "content": p.prompt}], p.correct, p.wrong) for p in pairs],
+        max_length=reward_run.setting("data.max_length"))  # overlong: an error, so rows stay aligned with pairs
+    correct, wrong = completion_logprobs(lm, rows, tokenizer.pad_token_id, batch_size=batch_size)
+    return [c / len(row["chosen_ids"]) - w / len(row["rejected_ids"])
+            for c, w, row in zip(correct, wrong, rows, strict=True)]
 
 
-def probe(score, pairs: list[ProbePair]) -> dict[str, dict[str, float]]:
-    """Per family and ``"all"``: ``pairs``, ``correct_higher`` (fraction) and ``mean_margin``.
-
-    ``score(prompts, answers) -> scores``: e.g. :meth:`RewardModel.score`.
-    """
-    prompts = [p.prompt for p in pairs]
-    scores = score(prompts + prompts, [p.correct for p in pairs] + [p.wrong for p in pairs])
-    margins = [c - w for c, w in zip(scores[: len(pairs)], scores[len(pairs) :], strict=True)]
+def probe(pairs: list[ProbePair], margins: list[float]) -> dict[str, dict[str, float]]:
+    """Per family and ``"all"``: ``pairs``, ``correct_higher`` (fraction of margins > 0) and ``mean_margin``."""
     groups: dict[str, list[float]] = {}
     for pair, margin in zip(pairs, margins, strict=True):
         groups.setdefault(pair.family, []).append(margin)
@@ -105,13 +96,13 @@ def main() -> None:
     source = args.prompts or str(ensure_demo_data(seed=args.seed)["prompts"])
     prompts = [prompt_text(p.prompt) for p in load_prompt_examples(source, limit=args.limit)]
     pairs = build_probe_pairs(prompts, seed=args.seed)
-    result = probe(RewardModel.load(args.reward_dir, batch_size=args.batch_size).score, pairs)
+    result = probe(pairs, reward_margins(args.reward_dir, pairs, args.batch_size))
     print(f"reward model: {args.reward_dir}; prompts: {source} ({len(pairs)})")
     print_table(["family", "pairs", "correct scored higher", "mean margin"],
                 [[family, r["pairs"], r["correct_higher"], r["mean_margin"]] for family, r in result.items()])
     out = {"reward_dir": str(args.reward_dir), "prompts": source, "seed": args.seed, "families": result}
     if args.likelihood:
-        likely = probe(likelihood_scorer(args.likelihood, args.reward_dir, args.batch_size), pairs)
+        likely = probe(pairs, likelihood_margins(args.likelihood, args.reward_dir, pairs, args.batch_size))
         print(f"\nthe same pairs by mean answer log-probability under {args.likelihood}")
         print_table(["family", "pairs", "correct more likely", "mean margin (nats/token)"],
                     [[family, r["pairs"], r["correct_higher"], r["mean_margin"]] for family, r in likely.items()])
