@@ -121,7 +121,7 @@ class SeparateRoles:
                          position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
         return self.value_head(hidden[:, start - 1 : -1].float()).squeeze(-1)
 
-    def reward_scores(self, input_ids, attention_mask):
+    def reward_scores(self, input_ids, attention_mask, answer_starts=None):  # reads no likelihood
         import torch
 
         with torch.no_grad():

@@ -10,14 +10,19 @@ Supports: K-wise rankings, chosen/rejected pairs (explicit or implicit prompt) a
 head trained and saved with the adapter (``modules_to_save``); InstructGPT's loss with one prompt and all
 its ranked answers per batch element; held-out prompts split off the training data (``data.eval_fraction``)
 unless ``data.eval`` names a source; the reward model's adapter started from the SFT stage's
-(``reward.init_adapter=SFT_RUN_DIR``, as InstructGPT did; the default in pipelines); resume from the last
+(``reward.init_adapter=SFT_RUN_DIR``, as InstructGPT did; the default in pipelines); with
+``reward.likelihood=fit``, a score that also reads the answer's likelihood under the trained trunk, its two
+weights fitted on the training pairs after training (lightalign.score_mix); resume from the last
 checkpoint in DIR. Built on TRL's ``RewardTrainer``.
 
-Writes DIR/adapter/ (LoRA + score head), DIR/metrics.json (pairwise_accuracy, mean_margin; base_* = the
+Writes DIR/adapter/ (LoRA + score head, and score_mix.json when fitted), DIR/metrics.json (pairwise_accuracy,
+mean_margin: of the final score; head_/likelihood_pairwise_accuracy: each reading alone; base_* = the
 untrained head), DIR/logs/. Use it with ``lightalign.reward_model.RewardModel.load(DIR)``.
 """
 
 from __future__ import annotations
+
+import gc
 
 import hydra
 from datasets import Dataset
@@ -29,11 +34,13 @@ from lightalign.data import load_preference_splits
 from lightalign.data.collators import RankedGroupCollator
 from lightalign.data.tokenize import tokenize_reward_groups
 from lightalign.distributed import is_main_process
-from lightalign.errors import report_errors
+from lightalign.errors import ConfigError, report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
 from lightalign.models import apply_lora, resolve_precision
 from lightalign.models.adapters import apply_lora_from
+from lightalign.models.logprobs import transforms_logits
 from lightalign.models.trained import ModelSource
+from lightalign.reward_model import load_reward_on_causal_lm
 from lightalign.rundir import (
     ADAPTER,
     LOG,
@@ -41,6 +48,7 @@ from lightalign.rundir import (
     read_json,
     write_json_atomic,
 )
+from lightalign.score_mix import fit_mix_on_pairs, save_score_mix
 from lightalign.stage import finish_stage, start_stage
 from lightalign.trainers import RankedRewardTrainer
 from lightalign.training import JsonlLogCallback, NonFiniteLossCallback, build_trl_args, find_resume_checkpoint
@@ -71,6 +79,9 @@ def main(cfg: DictConfig) -> None:
     print(f"train groups: {train_report.kept} kept, {train_report.truncated} truncated, {train_report.skipped} skipped")
 
     model = source.load_base()
+    if run.reward.likelihood == "fit" and transforms_logits(model.config):  # known now, not after training
+        raise ConfigError(f"{run.model.name_or_path} scales or caps its logits: the reward model cannot read answer "
+                          "likelihoods from its hidden states; set reward.likelihood=off")
     # The score head is new: train it and save it with the adapter, or the saved reward model is useless.
     if init:  # InstructGPT: the reward model starts as the SFT model plus a new head
         model = apply_lora_from(model, init.adapter_dir, task_type="SEQ_CLS", modules_to_save=["score"],
@@ -132,6 +143,18 @@ def main(cfg: DictConfig) -> None:
     # ---- save ----------------------------------------------------------------------------------------------
     model.save_pretrained(out / ADAPTER)  # LoRA weights + the score head (modules_to_save)
     tokenizer.save_pretrained(out / ADAPTER)
+
+    # ---- read the trunk's likelihood too: fit the score mix on the training pairs, as consumers load it ------
+    if run.reward.likelihood == "fit":
+        del trainer, model, final  # the classifier has no output layer; the causal LM that replaces it does
+        gc.collect()
+        scorer = load_reward_on_causal_lm(StageRun.open(out, stage="reward"), batch_size=run.eval.batch_size)
+        mix, mix_metrics = fit_mix_on_pairs(scorer, data.train, data.held_out)
+        save_score_mix(mix, out / ADAPTER)
+        metrics.update(mix_metrics)  # pairwise_accuracy and mean_margin are now the mixed score's
+        print(f"score = {mix.head_weight:.3f} * head + {mix.likelihood_weight:.3f} * mean answer log-prob; held-out "
+              f"pairwise accuracy {mix_metrics.get('pairwise_accuracy', float('nan')):.3f} (head alone "
+              f"{mix_metrics.get('head_pairwise_accuracy', float('nan')):.3f})")
     finish_stage(out, run.stage, metrics, artefacts={"adapter": ADAPTER, "base_model": run.model.name_or_path},
                  config_hash=config_hash)
 

@@ -116,3 +116,17 @@ def test_one_helper_applies_each_overlong_policy_and_counts_it():
     assert report.skipped_origins == ["f.jsonl:7", "f.jsonl:7"]
     with pytest.raises(DataError, match=r"^f.jsonl:7: 3 tokens > data.max_length=2; set data.overlong=truncate"):
         fit([1, 2, 3], "error")
+
+
+def test_a_scored_exchange_knows_where_its_answer_starts(tiny_tokenizer):
+    from lightalign.data.tokenize import encode_prompt, encode_scored_exchange
+
+    prompt = [{"role": "user", "content": "Capital of Japan?"}]
+    ids, start = encode_scored_exchange(tiny_tokenizer, prompt, "Tokyo.", max_length=512)
+    assert ids[:start] == encode_prompt(tiny_tokenizer, prompt)
+    assert tiny_tokenizer.decode(ids[start:]).startswith("Tokyo.")
+    # the last tokens are kept (a reward model reads its score at the end): the start moves with the cut
+    cut, cut_start = encode_scored_exchange(tiny_tokenizer, prompt, "Tokyo.", max_length=len(ids) - 3)
+    assert cut == ids[3:] and cut_start == start - 3
+    # a cut into the answer leaves all of what is kept to the answer
+    assert encode_scored_exchange(tiny_tokenizer, prompt, "Tokyo.", max_length=2)[1] == 0

@@ -264,3 +264,15 @@ def test_the_dpo_loss_and_gradients_equal_trls_head(tmp_path, tiny_tokenizer, sm
         torch.testing.assert_close(grad, trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     for key in trl_metrics:  # rewards, margins, log-probs, logits, entropy, accuracy: the same numbers
         assert metrics[key] == pytest.approx(trl_metrics[key], rel=1e-4, abs=1e-5), key
+
+
+def test_a_config_that_scales_or_caps_logits_is_recognised():
+    from lightalign.models.logprobs import transforms_logits
+
+    assert not transforms_logits(LlamaConfig())
+    scaled = LlamaConfig()
+    scaled.logit_scale = 0.5
+    assert transforms_logits(scaled)
+    capped = LlamaConfig()
+    capped.final_logit_softcapping = 30.0
+    assert transforms_logits(capped)

@@ -62,3 +62,45 @@ def test_bad_preference_data_is_one_line_and_non_zero(tmp_path, capsys, rows, ov
                 f"hydra.run.dir={tmp_path / 'out'}", *overrides])
     err = capsys.readouterr().err
     assert code != 0 and expected in err and "Traceback" not in err
+
+
+def test_a_fitted_score_mix_is_saved_and_every_loader_scores_with_it(toy_rankings, tmp_path):
+    """reward.likelihood=fit: the score is head_weight * the head + likelihood_weight * the answer's mean
+    log-probability under the reward adapter's trunk; RewardModel.load scores exactly that, each part checked
+    against an independent path (the sequence classifier's head; the causal LM's own forward)."""
+    import torch
+
+    from lightalign.data.tokenize import IGNORE_INDEX, encode_scored_exchange
+    from lightalign.models.logprobs import causal_lm_label_logprobs
+    from lightalign.models.roles import REWARD, use_adapter
+    from lightalign.models.trained import ModelSource, load_model_source
+    from lightalign.rundir import StageRun
+    from lightalign.score_mix import load_score_mix
+
+    assert cli(["run", "reward", "model=tiny-random", "data=jsonl", f"data.train={toy_rankings}",
+                "data.eval_fraction=0.25", "trainer.max_steps=4", "trainer.learning_rate=1e-3",
+                "eval.evaluate_base=false", "reward.likelihood=fit", f"hydra.run.dir={tmp_path}"]) == 0
+    mix = load_score_mix(tmp_path / "adapter")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert mix.likelihood_weight != 0 and metrics["score_likelihood_weight"] == mix.likelihood_weight
+    for key in ("pairwise_accuracy", "head_pairwise_accuracy", "likelihood_pairwise_accuracy",
+                "train_pairwise_accuracy"):
+        assert 0 <= metrics[key] <= 1, key
+
+    prompts = [[{"role": "user", "content": "Tell me about piano #3."}]] * 2
+    answers = ["Sure, piano is great!", "No. piano is awful."]
+    mixed = RewardModel.load(tmp_path).score(prompts, answers)
+
+    run = StageRun.open(tmp_path, stage="reward")
+    classifier, tokenizer = load_model_source(ModelSource.of_run(run))
+    head = RewardModel(classifier, tokenizer, max_length=run.setting("data.max_length")).score(prompts, answers)
+    lm = RewardModel.load(tmp_path).scorer.model  # the base as a causal LM with the reward adapter
+    likelihood = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        ids, start = encode_scored_exchange(tokenizer, prompt, answer, run.setting("data.max_length"))
+        labels = torch.tensor([[IGNORE_INDEX] * start + ids[start:]])
+        with use_adapter(lm, REWARD), torch.no_grad():
+            logprobs = causal_lm_label_logprobs(lm, torch.tensor([ids]), labels)
+        likelihood.append(logprobs.sum().item() / (len(ids) - start))
+    expected = [mix.head_weight * h + mix.likelihood_weight * ll for h, ll in zip(head, likelihood, strict=True)]
+    assert mixed == pytest.approx(expected, abs=1e-4)

@@ -36,6 +36,7 @@ REPORT_TO: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", 
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
                   "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 VALUE_INITS = ("auto", "reward", "fresh")  # ppo.value_init
+REWARD_LIKELIHOOD = ("off", "fit")  # reward.likelihood (lightalign.score_mix)
 KL_ESTIMATORS = ("k1", "k3")  # ppo.kl_estimator, grpo.kl_estimator (lightalign.rl.objectives)
 GRPO_ADVANTAGES = ("grpo", "rloo", "dr_grpo")  # grpo.advantage (lightalign.grpo.advantages)
 # grpo.loss_aggregation (lightalign.grpo.losses.aggregate_tokens); auto: constant for dr_grpo, else token
@@ -252,6 +253,13 @@ class RewardOptions:
     # InstructGPT starts the reward model from the SFT model: an SFT run dir (or its adapter/) whose LoRA
     # weights the reward model's adapter starts from (its LoRA shape is used; lora.* is then ignored)
     init_adapter: str | None = None
+    # fit: after training, the score becomes a * head + b * the answer's mean log-prob per token under the reward
+    # model's own trunk, a and b fitted on the training pairs (lightalign.score_mix: the head alone reads form, the
+    # trunk's likelihood knows facts); off: the head alone
+    likelihood: str = "off"
+
+    def __post_init__(self) -> None:
+        check_choice("reward.likelihood", self.likelihood, REWARD_LIKELIHOOD)
 
 
 @dataclass

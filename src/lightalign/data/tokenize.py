@@ -172,6 +172,18 @@ def keep_last(ids: list[int], max_length: int) -> list[int]:
     return ids[-max_length:] if len(ids) > max_length else ids
 
 
+def encode_scored_exchange(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[Message], answer: str, max_length: int
+) -> tuple[list[int], int]:
+    """What a reward model scores (:func:`encode_exchange`, the last ``max_length`` ids kept) and the index in
+    those ids where the answer starts: where the exchange's rendering leaves the prompt's (tokens may merge
+    across the boundary), 0 when truncation cut into the answer."""
+    ids = encode_exchange(tokenizer, prompt, answer)
+    start = _common_prefix(encode_prompt(tokenizer, prompt), ids)
+    cut = max(len(ids) - max_length, 0)
+    return ids[cut:], max(start - cut, 0)
+
+
 def tokenize_reward_groups(
     tokenizer: PreTrainedTokenizerBase,
     pairs: Iterable[PreferencePair],

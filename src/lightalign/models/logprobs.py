@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
 from lightalign.config.schema import CHUNKED_LOGPROBS_MODES
 from lightalign.data.tokenize import IGNORE_INDEX
@@ -179,9 +180,16 @@ def output_weight(model: nn.Module) -> Tensor | None:
     if (weight is None or getattr(head, "bias", None) is not None or not isinstance(weight, nn.Parameter)
             or not weight.dtype.is_floating_point or weight.dim() != 2):
         return None
-    if any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
+    if transforms_logits(config):
         return None
     return weight
+
+
+def transforms_logits(config: PretrainedConfig) -> bool:
+    """Whether a model's config scales or caps its logits (Gemma 2's soft-capping, Cohere's logit scale, ...), so
+    that they are not the output layer's product with the last hidden states."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
 
 
 def causal_lm_of(model: nn.Module) -> nn.Module:

@@ -65,6 +65,7 @@ from lightalign.models.roles import (
 )
 from lightalign.models.score_position import score_pad_token_id
 from lightalign.reward_model import RewardRole, load_score_head, load_trunk_adapter
+from lightalign.score_mix import ScoreMix, load_score_mix
 
 # Checkpoint key prefix (the role) -> adapter name.
 _CHECKPOINTED = {"policy": POLICY, "value": VALUE}
@@ -92,6 +93,8 @@ class SharedBaseRoles:
         reward_head: frozen ``Linear(hidden, 1)`` of the reward model, or None.
         pad_token_id: the pad id the reward head pools with (:func:`~lightalign.models.score_position.
             score_pad_token_id`); needed with a reward head.
+        reward_mix: how the reward model mixes its head with the answers' likelihood (:mod:`lightalign.score_mix`;
+            default: the head alone).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class SharedBaseRoles:
         reward_head: nn.Linear | None,
         *,
         pad_token_id: int | None = None,
+        reward_mix: ScoreMix | None = None,
     ) -> None:
         if reward_head is not None and pad_token_id is None:
             raise ValueError("a reward head needs pad_token_id, the pad id it pools with (score_pad_token_id)")
@@ -112,7 +116,7 @@ class SharedBaseRoles:
         self.value_head = value_head
         self.reward_head = reward_head
         self.pad_token_id = pad_token_id
-        self.reward = RewardRole(model, reward_head, pad_token_id) if reward_head is not None else None
+        self.reward = RewardRole(model, reward_head, pad_token_id, reward_mix) if reward_head is not None else None
         adapter_params = parameters_by_adapter(model)
         self._trainable = adapter_params[POLICY] + adapter_params[VALUE] + list(value_head.parameters())
         disable_dropout(model)
@@ -183,12 +187,12 @@ class SharedBaseRoles:
         hidden = last_hidden_states(self.model, input_ids, attention_mask)[:, response_start - 1 : -1]
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
-    def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def reward_scores(self, input_ids: Tensor, attention_mask: Tensor, answer_starts: Tensor | None = None) -> Tensor:
         """Reward model score of each full sequence ``[B]`` (:meth:`lightalign.reward_model.RewardRole.reward_scores`:
-        no grad, the model put back as it was found)."""
+        no grad, the model put back as it was found; ``answer_starts`` for a reward model that reads likelihoods)."""
         if self.reward is None:
             raise ConfigError("no reward adapter was loaded: score with the reward callable instead")
-        return self.reward.reward_scores(input_ids, attention_mask)
+        return self.reward.reward_scores(input_ids, attention_mask, answer_starts)
 
     def activate_policy(self) -> PeftModel:
         """Make the policy the active adapter (e.g. before evaluating ``self.model``) and return the model."""
@@ -288,6 +292,7 @@ def load_shared_base_roles(
         value_head.to(device=device, dtype=torch.float32),
         reward_head.to(device=device, dtype=torch.float32) if reward_head is not None else None,
         pad_token_id=pad_token_id,
+        reward_mix=load_score_mix(reward_adapter_dir) if reward_adapter_dir is not None else None,
     )
     # PEFT creates adapters in the compute dtype on a 4-bit base; AdamW on bf16 weights rounds small
     # steps away and a resumed run would diverge from an uninterrupted one.
