@@ -43,6 +43,17 @@ def reward_run(toy_rankings, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def fitted_reward_run(toy_rankings, tmp_path_factory) -> Path:
+    """A reward stage whose score also reads the answers' likelihood (``reward.likelihood=fit``)."""
+    out = tmp_path_factory.mktemp("reward-fit") / "run"
+    code = cli(["run", "reward", "model=tiny-random", "data=jsonl", f"data.train={toy_rankings}",
+                "data.eval_fraction=0.25", "trainer.max_steps=4", "trainer.learning_rate=1e-3",
+                "eval.evaluate_base=false", "reward.likelihood=fit", f"hydra.run.dir={out}"])
+    assert code == 0
+    return out
+
+
 @pytest.fixture
 def check_policy_run():
     """What an RL stage with its own loop (PPO, GRPO) leaves in its run directory after ``steps`` steps: the public

@@ -118,7 +118,10 @@ def test_bad_settings_fail_before_anything_loads(tmp_path, capsys):
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
-def test_the_reward_model_on_the_policy_s_base_scores_like_the_reward_stage(reward_run, sft_adapter, tiny_tokenizer):
+@pytest.mark.parametrize("run_fixture", ["reward_run", "fitted_reward_run"])  # the head alone; head + likelihood
+def test_the_reward_model_on_the_policy_s_base_scores_like_the_reward_stage(request, run_fixture, sft_adapter,
+                                                                           tiny_tokenizer):
+    reward_run = request.getfixturevalue(run_fixture)
     # one base: the policy, its reference and the reward model are three adapters of it
     # the compute dtype the reward stage's own model loads with (its trainer.precision, auto)
     base = load_base_model(TINY, Quantization(), compute_dtype=resolve_precision("auto").compute_dtype)

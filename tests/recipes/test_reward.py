@@ -64,7 +64,7 @@ def test_bad_preference_data_is_one_line_and_non_zero(tmp_path, capsys, rows, ov
     assert code != 0 and expected in err and "Traceback" not in err
 
 
-def test_a_fitted_score_mix_is_saved_and_every_loader_scores_with_it(toy_rankings, tmp_path):
+def test_a_fitted_score_mix_is_saved_and_every_loader_scores_with_it(fitted_reward_run):
     """reward.likelihood=fit: the score is head_weight * the head + likelihood_weight * the answer's mean
     log-probability under the reward adapter's trunk; RewardModel.load scores exactly that, each part checked
     against an independent path (the sequence classifier's head; the causal LM's own forward)."""
@@ -77,9 +77,7 @@ def test_a_fitted_score_mix_is_saved_and_every_loader_scores_with_it(toy_ranking
     from lightalign.rundir import StageRun
     from lightalign.score_mix import load_score_mix
 
-    assert cli(["run", "reward", "model=tiny-random", "data=jsonl", f"data.train={toy_rankings}",
-                "data.eval_fraction=0.25", "trainer.max_steps=4", "trainer.learning_rate=1e-3",
-                "eval.evaluate_base=false", "reward.likelihood=fit", f"hydra.run.dir={tmp_path}"]) == 0
+    tmp_path = fitted_reward_run
     mix = load_score_mix(tmp_path / "adapter")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert mix.likelihood_weight != 0 and metrics["score_likelihood_weight"] == mix.likelihood_weight
