@@ -5,10 +5,12 @@ against a wrong answer of the same form, scored by a trained reward stage.
     python bench/reward_probe.py RUN/reward --seed 1             # demo data and wrong answers of seed 1
     python bench/reward_probe.py RUN/reward --prompts FILE --limit 32
     python bench/reward_probe.py RUN/reward --likelihood RUN/sft   # also: does the SFT model's own likelihood?
+    python bench/reward_probe.py RUN/reward --echo               # also: the correct answer against an echo
 
 For each prompt, :func:`lightalign.demo.build_probe_pairs` gives the correct concise answer ("Tokyo.") and a
 wrong one of its question family in the same form (another capital "Seoul.", a near-miss number, the other
-option of a comparison); :class:`lightalign.reward_model.RewardModel` scores both. Printed per family and
+option of a comparison); :class:`lightalign.reward_model.RewardModel` scores both (with the likelihood mix
+when the reward stage fitted one: ``reward.likelihood=fit``, :mod:`lightalign.score_mix`). Printed per family and
 overall: the pairs, the fraction where the correct answer scores higher (a tie is not higher) and the mean
 margin (correct minus wrong). A reward model that reads only length and punctuation sits near 0.5; the target of
 issue 14 is at least 0.90 overall. The last line is the result as JSON (``BENCH-RESULT {...}``).
@@ -18,6 +20,11 @@ way: each answer's mean log-probability per token under that causal LM (the rewa
 adapter). It says whether the knowledge a probe asks for is in the model at all: if the SFT model's likelihood
 ranks the correct answer first far more often than the reward model does, the reward model has not learned to
 read what its own trunk knows.
+
+``--echo`` adds a second set (:func:`lightalign.demo.build_echo_pairs`): each prompt about a named entity, its
+correct answer against the question's own word echoed ("Japan." for the capital of Japan): the answer a policy
+falls back to when a reward pays for what is easy to say (copying the question is likely). A reward model that
+reads correctness scores the echo lower.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from lightalign.data.formats import prompt_text  # noqa: E402
 from lightalign.data.loading import load_prompt_examples  # noqa: E402
 from lightalign.data.tokenize import tokenize_preference_pairs  # noqa: E402
 from lightalign.data.types import PreferencePair  # noqa: E402
-from lightalign.demo import ProbePair, build_probe_pairs, ensure_demo_data  # noqa: E402
+from lightalign.demo import ProbePair, build_echo_pairs, build_probe_pairs, ensure_demo_data  # noqa: E402
 from lightalign.eval.preference import completion_logprobs  # noqa: E402
 from lightalign.models.trained import ModelSource, load_model_source, resolve_model_source  # noqa: E402
 from lightalign.reward_model import RewardModel  # noqa: E402
@@ -89,24 +96,41 @@ def main() -> None:
     parser.add_argument("--prompts", help="another source of demo prompts (default: the demo's held-out prompts)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--echo", action="store_true", help="also: the correct answer against the question's own "
+                        "word echoed (capitals, translations, opposites)")
     parser.add_argument("--likelihood", metavar="MODEL", help="also score by the mean answer log-probability under "
                         "MODEL: a stage's run directory or adapter/ on the reward model's base, or 'base'")
     args = parser.parse_args()
 
     source = args.prompts or str(ensure_demo_data(seed=args.seed)["prompts"])
     prompts = [prompt_text(p.prompt) for p in load_prompt_examples(source, limit=args.limit)]
-    pairs = build_probe_pairs(prompts, seed=args.seed)
-    result = probe(pairs, reward_margins(args.reward_dir, pairs, args.batch_size))
-    print(f"reward model: {args.reward_dir}; prompts: {source} ({len(pairs)})")
-    print_table(["family", "pairs", "correct scored higher", "mean margin"],
-                [[family, r["pairs"], r["correct_higher"], r["mean_margin"]] for family, r in result.items()])
-    out = {"reward_dir": str(args.reward_dir), "prompts": source, "seed": args.seed, "families": result}
+    sets = {"probe": build_probe_pairs(prompts, seed=args.seed)}
+    if args.echo:
+        sets["echo"] = build_echo_pairs(prompts)
+    pairs = [pair for members in sets.values() for pair in members]  # one model load scores every set
+
+    def by_set(margins: list[float]) -> dict[str, list[float]]:
+        sizes = [len(members) for members in sets.values()]
+        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        return {name: margins[end - size : end] for name, size, end in zip(sets, sizes, ends, strict=True)}
+
+    readings = {"reward model": by_set(reward_margins(args.reward_dir, pairs, args.batch_size))}
     if args.likelihood:
-        likely = probe(pairs, likelihood_margins(args.likelihood, args.reward_dir, pairs, args.batch_size))
-        print(f"\nthe same pairs by mean answer log-probability under {args.likelihood}")
-        print_table(["family", "pairs", "correct more likely", "mean margin (nats/token)"],
-                    [[family, r["pairs"], r["correct_higher"], r["mean_margin"]] for family, r in likely.items()])
-        out.update(likelihood_model=args.likelihood, likelihood_families=likely)
+        readings[f"mean answer log-probability under {args.likelihood}"] = by_set(
+            likelihood_margins(args.likelihood, args.reward_dir, pairs, args.batch_size))
+    print(f"reward model: {args.reward_dir}; prompts: {source} ({len(prompts)})")
+    out: dict = {"reward_dir": str(args.reward_dir), "prompts": source, "seed": args.seed}
+    for reading, margins in readings.items():
+        for name, members in sets.items():
+            result = probe(members, margins[name])
+            against = "a wrong answer of the same form" if name == "probe" else "the question's own word echoed"
+            print(f"\n{reading}: the correct answer against {against}")
+            print_table(["family", "pairs", "correct scored higher", "mean margin"],
+                        [[family, r["pairs"], r["correct_higher"], r["mean_margin"]] for family, r in result.items()])
+            key = ("families" if name == "probe" else f"{name}_families")
+            out[key if reading == "reward model" else f"likelihood_{key}"] = result
+    if args.likelihood:
+        out["likelihood_model"] = args.likelihood
     emit_result(out)
 
 

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from lightalign.demo import build_probe_pairs, generate_demo, judge_parts
+from lightalign.demo import (
+    ProbePair,
+    build_echo_pairs,
+    build_probe_pairs,
+    generate_demo,
+    judge_parts,
+    parse_question,
+)
 from lightalign.rundir import read_log
 
 
@@ -39,3 +46,15 @@ def test_same_seed_same_pairs(heldout: list[str]) -> None:
 def test_a_non_demo_prompt_raises() -> None:
     with pytest.raises(ValueError, match="not a demo prompt"):
         build_probe_pairs(["Tell me a joke."])
+
+
+def test_echo_pairs_set_the_answer_against_the_question_s_own_word(heldout: list[str]) -> None:
+    pairs = build_echo_pairs(heldout)
+    named = [p for p in heldout if parse_question(p).family in ("capital", "translate", "opposite")]
+    assert [p.prompt for p in pairs] == named and {p.family for p in pairs} == {"capital", "translate", "opposite"}
+    for pair in pairs:
+        assert judge_parts(pair.prompt, pair.correct).correct and not judge_parts(pair.prompt, pair.wrong).correct
+        word = pair.wrong.removesuffix(".")
+        assert word.lower() in pair.prompt.lower() and word != pair.correct.removesuffix("."), pair
+    assert build_echo_pairs(["Name the capital city of Japan.", "What is 7 + 5?"]) == [
+        ProbePair("Name the capital city of Japan.", "capital", "Tokyo.", "Japan.")]

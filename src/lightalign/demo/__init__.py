@@ -12,13 +12,14 @@ human labels. The modules import one way:
 
 from lightalign.demo.dataset import ensure_demo_data, generate_demo
 from lightalign.demo.judge import GoldJudge, JudgeParts, gold_judge, judge_parts
-from lightalign.demo.probe import ProbePair, build_probe_pairs
+from lightalign.demo.probe import ProbePair, build_echo_pairs, build_probe_pairs
 from lightalign.demo.questions import parse_question, reference_answer
 
 __all__ = [
     "GoldJudge",
     "JudgeParts",
     "ProbePair",
+    "build_echo_pairs",
     "build_probe_pairs",
     "ensure_demo_data",
     "generate_demo",

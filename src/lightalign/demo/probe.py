@@ -41,3 +41,22 @@ def build_probe_pairs(prompts: Sequence[str], seed: int = 0) -> list[ProbePair]:
         q = parse_question(prompt)
         pairs.append(ProbePair(prompt, q.family, f"{q.answer}.", f"{wrong_answer(q, rng)}."))
     return pairs
+
+
+def build_echo_pairs(prompts: Sequence[str]) -> list[ProbePair]:
+    """For each demo prompt about a named entity (capitals, translations, opposites), its correct concise answer
+    against the question's own word echoed in the same form: "Japan." for the capital of Japan, "love." for the
+    opposite of love. Echoing the question is what a policy falls back to when a reward pays for what is easy
+    to say, so a reward model that reads correctness scores the echo lower. Prompts without such a word are left
+    out.
+
+    Raises:
+        ValueError: If a prompt is not a demo prompt.
+    """
+    pairs = []
+    for prompt in prompts:
+        q = parse_question(prompt)
+        echo = next((e for e in q.entity if e.lower() != q.answer.lower()), None)
+        if echo is not None:
+            pairs.append(ProbePair(prompt, q.family, f"{q.answer}.", f"{echo}."))
+    return pairs
