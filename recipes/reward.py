@@ -16,7 +16,7 @@ weights fitted on the training pairs after training (lightalign.score_mix); resu
 checkpoint in DIR. Built on TRL's ``RewardTrainer``.
 
 Writes DIR/adapter/ (LoRA + score head, and score_mix.json when fitted), DIR/metrics.json (pairwise_accuracy,
-mean_margin: of the final score; head_/likelihood_pairwise_accuracy: each reading alone; base_* = the
+mean_margin, mean_score: of the final score; head_/likelihood_pairwise_accuracy: each reading alone; base_* = the
 untrained head), DIR/logs/. Use it with ``lightalign.reward_model.RewardModel.load(DIR)``.
 """
 
@@ -151,7 +151,7 @@ def main(cfg: DictConfig) -> None:
         scorer = load_reward_on_causal_lm(StageRun.open(out, stage="reward"), batch_size=run.eval.batch_size)
         mix, mix_metrics = fit_mix_on_pairs(scorer, data.train, data.held_out)
         save_score_mix(mix, out / ADAPTER)
-        metrics.update(mix_metrics)  # pairwise_accuracy and mean_margin are now the mixed score's
+        metrics.update(mix_metrics)  # pairwise_accuracy, mean_margin and mean_score are now the mixed score's
         print(f"score = {mix.head_weight:.3f} * head + {mix.likelihood_weight:.3f} * mean answer log-prob; held-out "
               f"pairwise accuracy {mix_metrics.get('pairwise_accuracy', float('nan')):.3f} (head alone "
               f"{mix_metrics.get('head_pairwise_accuracy', float('nan')):.3f})")

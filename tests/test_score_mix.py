@@ -99,3 +99,6 @@ def test_fit_on_pairs_scores_each_answer_once_and_measures_each_reading():
     assert metrics["head_pairwise_accuracy"] == 0.0 and metrics["likelihood_pairwise_accuracy"] == 1.0
     assert metrics["train_head_pairwise_accuracy"] == pytest.approx(0.0)
     assert metrics["score_likelihood_weight"] == mix.likelihood_weight
+    # the held-out answers "yes" (head 3, likelihood 1) and "no no no" (head 8, likelihood 0), mixed
+    expected = (mix.head_weight * 3 + mix.likelihood_weight + mix.head_weight * 8) / 2
+    assert metrics["mean_score"] == pytest.approx(expected)

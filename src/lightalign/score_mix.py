@@ -118,8 +118,11 @@ class PartScorer(Protocol):
     ) -> tuple[list[float], list[float]]: ...
 
 
-def _margins(scorer: PartScorer, pairs: Sequence[PreferencePair]) -> tuple[list[float], list[float]]:
-    """Head and likelihood margins (chosen minus rejected) of each pair, each distinct answer scored once."""
+def _margins(
+    scorer: PartScorer, pairs: Sequence[PreferencePair]
+) -> tuple[list[float], list[float], list[tuple[float, float]]]:
+    """Head and likelihood margins (chosen minus rejected) of each pair, each distinct answer scored once, and
+    each distinct answer's (head, likelihood)."""
     index: dict[tuple[str, str], int] = {}
     prompts: list[list[Message]] = []
     answers: list[str] = []
@@ -134,7 +137,8 @@ def _margins(scorer: PartScorer, pairs: Sequence[PreferencePair]) -> tuple[list[
     def margin(values: list[float], pair: PreferencePair) -> float:
         return values[index[(prompt_key(pair), pair.chosen)]] - values[index[(prompt_key(pair), pair.rejected)]]
 
-    return [margin(heads, p) for p in pairs], [margin(likelihoods, p) for p in pairs]
+    return ([margin(heads, p) for p in pairs], [margin(likelihoods, p) for p in pairs],
+            list(zip(heads, likelihoods, strict=True)))
 
 
 def fit_mix_on_pairs(
@@ -143,9 +147,10 @@ def fit_mix_on_pairs(
     """Fit the mix on the training pairs (:func:`fit_score_mix`, each pair weighted as in training) and measure
     it: ``pairwise_accuracy`` and ``mean_margin`` of the mixed score on the held-out pairs, with
     ``head_pairwise_accuracy`` and ``likelihood_pairwise_accuracy`` (each reading alone) beside them and the
-    ``train_*`` accuracies; ``score_head_weight`` and ``score_likelihood_weight``. A tie is not a correct order.
+    ``train_*`` accuracies, ``mean_score`` (of the held-out answers, mixed); ``score_head_weight`` and
+    ``score_likelihood_weight``. A tie is not a correct order.
     """
-    head, likelihood = _margins(scorer, train)
+    head, likelihood, _ = _margins(scorer, train)
     mix = fit_score_mix(head, likelihood, [p.weight for p in train])
 
     def accuracy(margins: Sequence[float]) -> float:
@@ -159,8 +164,10 @@ def fit_mix_on_pairs(
                "train_head_pairwise_accuracy": accuracy(head),
                "train_likelihood_pairwise_accuracy": accuracy(likelihood)}
     if held_out:
-        head, likelihood = _margins(scorer, held_out)
+        head, likelihood, answers = _margins(scorer, held_out)
         margins = mixed(head, likelihood)
+        scores = mixed([h for h, _ in answers], [ll for _, ll in answers])
         metrics.update(pairwise_accuracy=accuracy(margins), mean_margin=sum(margins) / len(margins),
+                       mean_score=sum(scores) / len(scores),
                        head_pairwise_accuracy=accuracy(head), likelihood_pairwise_accuracy=accuracy(likelihood))
     return mix, metrics
