@@ -110,9 +110,10 @@ def main() -> None:
     pairs = [pair for members in sets.values() for pair in members]  # one model load scores every set
 
     def by_set(margins: list[float]) -> dict[str, list[float]]:
-        sizes = [len(members) for members in sets.values()]
-        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
-        return {name: margins[end - size : end] for name, size, end in zip(sets, sizes, ends, strict=True)}
+        split, start = {}, 0
+        for name, members in sets.items():
+            split[name], start = margins[start : start + len(members)], start + len(members)
+        return split
 
     readings = {"reward model": by_set(reward_margins(args.reward_dir, pairs, args.batch_size))}
     if args.likelihood:

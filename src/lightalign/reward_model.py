@@ -30,7 +30,7 @@ from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, encode_score
 from lightalign.data.types import Message
 from lightalign.errors import ConfigError
 from lightalign.generation import last_hidden_states
-from lightalign.models.logprobs import causal_lm_of, label_logprobs, output_weight
+from lightalign.models.logprobs import causal_lm_of, hidden_label_logprobs, output_weight
 from lightalign.models.modes import eval_mode
 from lightalign.models.roles import POLICY, REWARD, activate, use_adapter
 from lightalign.models.score_position import score_pad_token_id, scored_positions
@@ -174,12 +174,17 @@ class RewardRole:
     def attach(cls, model: PeftModel, adapter_dir: str | Path) -> RewardRole:
         """Load a reward stage's adapter (trained on this base) onto ``model`` as a frozen role; the policy stays
         active."""
-        head = load_score_head(adapter_dir)
         load_trunk_adapter(model, Path(adapter_dir), REWARD, trainable=False)
         activate(model, POLICY)  # and the trainability rule: the reward adapter stays frozen
+        return cls.of_loaded(model, adapter_dir)
+
+    @classmethod
+    def of_loaded(cls, model: PeftModel, adapter_dir: str | Path) -> RewardRole:
+        """The role of a reward adapter already loaded onto ``model`` as :data:`REWARD`: its head (fp32, on the
+        model's device) and score mix read from ``adapter_dir``."""
         device = model.get_input_embeddings().weight.device
-        return cls(model, head.to(device=device, dtype=torch.float32), score_pad_token_id(model.config),
-                   load_score_mix(adapter_dir))
+        return cls(model, load_score_head(adapter_dir).to(device=device, dtype=torch.float32),
+                   score_pad_token_id(model.config), load_score_mix(adapter_dir))
 
     @torch.no_grad()
     def score_parts(
@@ -220,19 +225,15 @@ def answer_mean_logprobs(
         ConfigError: the model's output layer is not a plain matrix (:func:`~lightalign.models.logprobs.
             output_weight`), so its logits cannot be computed from the hidden states alone.
     """
-    weight = output_weight(causal_lm_of(model))
-    if weight is None:
+    causal_lm = causal_lm_of(model)
+    if output_weight(causal_lm) is None:
         raise ConfigError("this model's output layer is not a plain matrix: the reward model cannot read answer "
                           "likelihoods; train it with reward.likelihood=off")
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     answer = (positions[None, :] >= answer_starts.to(input_ids.device)[:, None]) & attention_mask.bool()
-    labels = torch.where(answer, input_ids, torch.full_like(input_ids, IGNORE_INDEX))[:, 1:]
-    mask = labels != IGNORE_INDEX
-    log_probs = hidden.new_zeros(mask.shape, dtype=torch.float32)
-    if mask.any():
-        scored = label_logprobs(hidden[:, :-1][mask].to(weight.device), weight, labels[mask].to(weight.device))
-        log_probs[mask] = scored.log_probs.float().to(log_probs.device)
-    return log_probs.sum(-1) / mask.sum(-1).clamp(min=1)
+    labels = torch.where(answer, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    scored, mask = hidden_label_logprobs(causal_lm, hidden[:, :-1], labels[:, 1:])
+    return (scored.log_probs.float().sum(-1) / mask.sum(-1).clamp(min=1)).to(hidden.device)
 
 
 class RewardScorer(Protocol):
@@ -320,7 +321,5 @@ def load_reward_on_causal_lm(run: StageRun, *, batch_size: int = 8) -> SharedBas
     config = replace(config, task_type="CAUSAL_LM", modules_to_save=None)
     model = PeftModel.from_pretrained(base, str(run.adapter_dir), adapter_name=REWARD, config=config)
     model.eval()
-    device = model.get_input_embeddings().weight.device
-    role = RewardRole(model, load_score_head(run.adapter_dir).to(device=device, dtype=torch.float32),
-                      score_pad_token_id(model.config), load_score_mix(run.adapter_dir))
-    return SharedBaseRewardModel(role, tokenizer, max_length=run.setting("data.max_length", 512), batch_size=batch_size)
+    return SharedBaseRewardModel(RewardRole.of_loaded(model, run.adapter_dir), tokenizer,
+                                 max_length=run.setting("data.max_length", 512), batch_size=batch_size)

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import torch
 
-from lightalign.data.preference import prompt_key
+from lightalign.data.preference import DistinctAnswers
 from lightalign.data.types import Message, PreferencePair
 from lightalign.rundir import write_json_atomic
 
@@ -51,7 +51,7 @@ class ScoreMix:
     def combine(self, head: torch.Tensor, likelihood: torch.Tensor | None) -> torch.Tensor:
         """The mixed score from the head's scores and (when read) the answers' mean log-probabilities."""
         if not self.reads_likelihood:
-            return head * self.head_weight if self.head_weight != 1.0 else head
+            return self.head_weight * head
         if likelihood is None:
             raise ValueError("this reward model reads the answers' likelihood: pass where each answer starts")
         return self.head_weight * head + self.likelihood_weight * likelihood
@@ -123,21 +123,9 @@ def _margins(
 ) -> tuple[list[float], list[float], list[tuple[float, float]]]:
     """Head and likelihood margins (chosen minus rejected) of each pair, each distinct answer scored once, and
     each distinct answer's (head, likelihood)."""
-    index: dict[tuple[str, str], int] = {}
-    prompts: list[list[Message]] = []
-    answers: list[str] = []
-    for pair in pairs:
-        for answer in (pair.chosen, pair.rejected):
-            if (prompt_key(pair), answer) not in index:
-                index[(prompt_key(pair), answer)] = len(answers)
-                prompts.append(pair.prompt)
-                answers.append(answer)
-    heads, likelihoods = scorer.score_parts(prompts, answers) if answers else ([], [])
-
-    def margin(values: list[float], pair: PreferencePair) -> float:
-        return values[index[(prompt_key(pair), pair.chosen)]] - values[index[(prompt_key(pair), pair.rejected)]]
-
-    return ([margin(heads, p) for p in pairs], [margin(likelihoods, p) for p in pairs],
+    distinct = DistinctAnswers.of(list(pairs))
+    heads, likelihoods = scorer.score_parts(distinct.prompts, distinct.answers) if distinct.answers else ([], [])
+    return (distinct.margins(list(pairs), heads), distinct.margins(list(pairs), likelihoods),
             list(zip(heads, likelihoods, strict=True)))
 
 

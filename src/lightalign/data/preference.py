@@ -248,6 +248,38 @@ def prompt_key(pair: PreferencePair) -> str:
     return json.dumps(pair.prompt, sort_keys=True, ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class DistinctAnswers:
+    """The distinct (prompt, answer)s of some pairs, each once (a ranking's K·(K-1)/2 pairs share its K answers),
+    to score each once and read the pairs' margins off those scores::
+
+        distinct = DistinctAnswers.of(pairs)
+        margins = distinct.margins(pairs, score(distinct.prompts, distinct.answers))
+    """
+
+    prompts: list[list[Message]]
+    answers: list[str]
+    index: dict[tuple[str, str], int]
+
+    @classmethod
+    def of(cls, pairs: list[PreferencePair]) -> DistinctAnswers:
+        index: dict[tuple[str, str], int] = {}
+        prompts: list[list[Message]] = []
+        answers: list[str] = []
+        for pair in pairs:
+            for answer in (pair.chosen, pair.rejected):
+                if (prompt_key(pair), answer) not in index:
+                    index[(prompt_key(pair), answer)] = len(answers)
+                    prompts.append(pair.prompt)
+                    answers.append(answer)
+        return cls(prompts, answers, index)
+
+    def margins(self, pairs: list[PreferencePair], values: list[float]) -> list[float]:
+        """Each pair's chosen answer's value minus its rejected one's, ``values`` one per distinct answer."""
+        return [values[self.index[(prompt_key(p), p.chosen)]] - values[self.index[(prompt_key(p), p.rejected)]]
+                for p in pairs]
+
+
 def split_held_out(
     pairs: list[PreferencePair], fraction: float, seed: int = 0
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lightalign.data.collators import pad_lm
-from lightalign.data.preference import prompt_key
+from lightalign.data.preference import DistinctAnswers
 from lightalign.data.tokenize import IGNORE_INDEX, encode_exchange, keep_last
 from lightalign.data.types import PreferencePair, PromptOnly
 from lightalign.eval.hooks import EvalContext, EvalHook, SampleAnswers, ScoreFn, eval_desc
@@ -49,19 +49,13 @@ class PairwiseAccuracy:
     name: str = "pairwise_accuracy"
 
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
-        index: dict[tuple[str, str], int] = {}
-        sequences: list[list[int]] = []
-        for pair in self.pairs:
-            for answer in (pair.chosen, pair.rejected):
-                key = (prompt_key(pair), answer)
-                if key not in index:
-                    index[key] = len(sequences)
-                    sequences.append(keep_last(encode_exchange(ctx.tokenizer, pair.prompt, answer), self.max_length))
+        distinct = DistinctAnswers.of(self.pairs)
+        sequences = [keep_last(encode_exchange(ctx.tokenizer, prompt, answer), self.max_length)
+                     for prompt, answer in zip(distinct.prompts, distinct.answers, strict=True)]
         scores: list[float] = []
         for batch in iter_batches(sequences, self.batch_size, eval_desc(ctx, "scores"), unit="answer"):
             scores += score_sequences(ctx.model, batch, batch_size=self.batch_size)
-        margins = [scores[index[(prompt_key(p), p.chosen)]] - scores[index[(prompt_key(p), p.rejected)]]
-                   for p in self.pairs]
+        margins = distinct.margins(self.pairs, scores)
         return {"pairwise_accuracy": _mean([m > 0 for m in margins]), "mean_margin": _mean(margins),
                 "mean_score": _mean(scores)}
 

@@ -197,8 +197,9 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _shifted_label_logprobs(causal_lm: nn.Module, hidden: Tensor, labels: Tensor) -> tuple[LabelLogprobs, Tensor]:
-    """``[B, T', H]`` hidden states and their ``[B, T']`` next-token labels -> per-position results and the mask."""
+def hidden_label_logprobs(causal_lm: nn.Module, hidden: Tensor, labels: Tensor) -> tuple[LabelLogprobs, Tensor]:
+    """``[B, T', H]`` hidden states and their ``[B, T']`` next-token labels -> per-position results and the mask,
+    through the output layer (the caller checks that :func:`output_weight` is not None)."""
     weight = output_weight(causal_lm)
     hidden, labels = hidden.to(weight.device), labels.to(weight.device)
     mask = labels != IGNORE_INDEX
@@ -225,7 +226,7 @@ def causal_lm_label_logprobs(model: nn.Module, input_ids: Tensor, labels: Tensor
         target = labels[:, 1:]
         return logprobs_from_logits(logits, target.clamp(min=0)) * (target != IGNORE_INDEX)
     output = model(input_ids=input_ids, use_cache=False, logits_to_keep=1, output_hidden_states=[-1], **model_inputs)
-    return _shifted_label_logprobs(causal_lm, output.hidden_states[-1][:, :-1], labels[:, 1:])[0].log_probs
+    return hidden_label_logprobs(causal_lm, output.hidden_states[-1][:, :-1], labels[:, 1:])[0].log_probs
 
 
 def use_chunked_logprobs(mode: str) -> bool:
@@ -267,7 +268,7 @@ def install_chunked_lm_head(model: nn.Module, mode: str = "auto") -> bool:
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         if shift_labels is None:  # pre-shifted labels arrive under context parallelism
             hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
-        scored, mask = _shifted_label_logprobs(self, hidden, shift_labels)
+        scored, mask = hidden_label_logprobs(self, hidden, shift_labels)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(loss=-scored.log_probs.sum() / count, log_probs=scored.log_probs,
                                    entropy=scored.entropy, is_top1=scored.is_top1, mean_logits=scored.mean_logits,
