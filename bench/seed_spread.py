@@ -14,6 +14,9 @@ base, SFT, PPO and DPO on the held-out prompts; SFT − base, PPO − SFT and DP
 gold-judge score, each paired per prompt (mean ± paired standard error); the SFT model's pass@k (rankings
 stage) and the reward model's held-out pairwise accuracy on the on-policy rankings. The issue's targets are
 checked per seed: SFT ≥ base in correct answers, PPO and DPO above SFT by more than 2 paired standard errors.
+Last, how each model's answers are put (:func:`lightalign.demo.answer_form`: echoes of the question, other short
+answers, sentences) and how many of each are right: a stage that drifts towards the short form loses the sentence
+that leads a small model to the answer (docs/dpo.md).
 Run it alone: two torch processes on the same cores slow each other down.
 """
 
@@ -28,10 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import emit_result, print_table  # noqa: E402
 
+from lightalign.demo import answer_form  # noqa: E402
 from lightalign.report import PairedDifference, collect_paired, read_sample_rows  # noqa: E402
 from lightalign.rundir import METRICS, read_json  # noqa: E402
 
 COMPARISONS = (("sft", "base"), ("ppo", "sft"), ("dpo", "sft"))
+FORMS = ("echo", "short", "sentence")
 
 
 def seed_summary(run_dir: Path) -> dict:
@@ -44,7 +49,19 @@ def seed_summary(run_dir: Path) -> dict:
     reward = read_json(run_dir / "reward" / METRICS) or {}
     return {"correct": correct, "differences": differences, "pass_at_k": rankings.get("pass_at_k"),
             "pass_k": rankings.get("pass_k"), "sft_greedy_correct": rankings.get("correct_fraction"),
-            "reward_accuracy": reward.get("pairwise_accuracy"), "prompts": len(rows.get("sft", {}))}
+            "reward_accuracy": reward.get("pairwise_accuracy"), "prompts": len(rows.get("sft", {})),
+            "forms": {model: form_counts(answers.values()) for model, answers in rows.items()}}
+
+
+def form_counts(answers) -> dict[str, list[int]]:
+    """``{form: [answers, correct ones]}`` over one model's sample rows (:func:`lightalign.demo.answer_form`)."""
+    counts = {form: [0, 0] for form in FORMS}
+    for row in answers:
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+        count = counts[answer_form(prompt, row["response"])]
+        count[0] += 1
+        count[1] += int(bool(row.get("correct")))
+    return counts
 
 
 def _cell(d: PairedDifference | None) -> str:
@@ -99,6 +116,10 @@ def main() -> None:
                "dpo vs sft": "DPO correct > SFT by > 2 SE"}
     print_table(["target", "met at seeds", "verdict"],
                 [[targets[k], f"{sum(v)}/{len(v)}", "met" if all(v) else "missed"] for k, v in verdicts.items()])
+    print()
+    print_table(["seed", "model", *(f"{form} (correct)" for form in FORMS)],
+                [[str(seed), model, *(f"{n} ({c})" for n, c in (forms[f] for f in FORMS))]
+                 for seed, summary in summaries.items() for model, forms in summary["forms"].items()])
     emit_result({
         "seeds": args.seeds, "walls_s": walls,
         "correct": {s: v["correct"] for s, v in summaries.items()},
@@ -106,6 +127,7 @@ def main() -> None:
                    for s, v in summaries.items()},
         "pass_at_k": {s: v["pass_at_k"] for s, v in summaries.items()},
         "reward_accuracy": {s: v["reward_accuracy"] for s, v in summaries.items()},
+        "forms": {s: v["forms"] for s, v in summaries.items()},
         "verdicts": {k: all(v) for k, v in verdicts.items()},
     })
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from lightalign.demo import GoldJudge, gold_judge, parse_question, reference_answer
+from lightalign.demo import GoldJudge, answer_form, gold_judge, parse_question, reference_answer
 
 JAPAN = "What is the capital of Japan?"
 
@@ -79,3 +79,22 @@ def test_batch_judge() -> None:
     assert judge(["What is 7 + 5?", JAPAN], ["12.", "Paris."]) == [1.0, 0.4]
     with pytest.raises(ValueError):
         judge([JAPAN], [])
+
+
+@pytest.mark.parametrize(("prompt", "answer", "form"), [
+    ("What is the capital of Japan?", "Japan.", "echo"),
+    ("What is the capital of Japan?", "Japan is Japan.", "echo"),
+    ("What is 10 + 6?", "10.", "echo"),
+    ("What is 10 + 6?", "16.", "short"),
+    ("Which is larger, 53 or 61?", "The larger number is 61.", "sentence"),
+    ("What is the capital of Japan?", "Tokyo, Japan.", "short"),
+    ("What is the capital of Japan?", "", "echo"),
+])
+def test_answer_form(prompt: str, answer: str, form: str) -> None:
+    assert answer_form(prompt, answer) == form
+
+
+def test_a_comparison_answer_never_echoes() -> None:
+    # both options are in the question: naming one is an answer, right or wrong, not an echo
+    assert answer_form("Which is larger, 53 or 61?", "53.") == "short"
+    assert answer_form("Which is larger, 53 or 61?", "61.") == "short"

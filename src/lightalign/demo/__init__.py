@@ -11,7 +11,7 @@ human labels. The modules import one way:
 """
 
 from lightalign.demo.dataset import ensure_demo_data, generate_demo
-from lightalign.demo.judge import GoldJudge, JudgeParts, gold_judge, judge_parts
+from lightalign.demo.judge import GoldJudge, JudgeParts, answer_form, gold_judge, judge_parts
 from lightalign.demo.probe import ProbePair, build_echo_pairs, build_probe_pairs
 from lightalign.demo.questions import parse_question, reference_answer
 
@@ -19,6 +19,7 @@ __all__ = [
     "GoldJudge",
     "JudgeParts",
     "ProbePair",
+    "answer_form",
     "build_echo_pairs",
     "build_probe_pairs",
     "ensure_demo_data",

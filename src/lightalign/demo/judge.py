@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
 from lightalign.demo.questions import Question, parse_question
 from lightalign.errors import ConfigError
@@ -116,6 +117,33 @@ def judge_parts(prompt: str, answer: str) -> JudgeParts:
     if repetitive:
         score *= REPETITION_FACTOR
     return JudgeParts(correct, concise, form, repetitive, round(min(1.0, score), 6))
+
+
+AnswerForm = Literal["echo", "short", "sentence"]
+SHORT_WORDS = 2
+
+
+def answer_form(prompt: str, answer: str) -> AnswerForm:
+    """How an answer to the demo ``prompt`` is put, whatever it says: ``"echo"`` when every word of it is a word
+    of the question and the right answer is not ("Japan." or "Japan is Japan." for the capital of Japan, "10."
+    for 10 + 6: what a policy falls back to when a reward pays for what is easy to say; a comparison's answer is
+    in its question, so it never echoes), ``"short"`` for another answer of at most two words or numbers
+    ("Tokyo."), else ``"sentence"`` ("The capital of Japan is Tokyo."). Not part of the judge's score:
+    ``bench/seed_spread.py`` counts the forms, because on the demo task a small model is right more often when
+    it writes the sentence that leads to the answer.
+
+    Example:
+        >>> [answer_form("What is the capital of Japan?", a) for a in ("Japan.", "Tokyo.", "It is Tokyo.")]
+        ['echo', 'short', 'sentence']
+
+    Raises:
+        ValueError: If ``prompt`` is not a demo prompt.
+    """
+    asked = set(_words(prompt))
+    words = _words(answer) if isinstance(answer, str) else []
+    if set(words) <= asked and not set(_words(parse_question(prompt).answer)) <= asked:
+        return "echo"
+    return "short" if len(words) <= SHORT_WORDS else "sentence"
 
 
 def gold_judge(prompt: str, answer: str) -> float:
