@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,43 @@ def killed_after_a_checkpoint():
         assert find_resume_checkpoint(out) is not None and not (out / "manifest.json").exists()
 
     return run
+
+
+# docs/pipelines.md's smoke run of the full pipeline, as the docs show it (tests/test_docs.py checks they still do)
+FULL_SMOKE_RUN = "lightalign run full model=tiny-random trainer.max_steps=2 hydra.run.dir=DIR"
+
+
+@dataclass(frozen=True)
+class FullSmokeRun:
+    """A finished :data:`FULL_SMOKE_RUN` and what ``pipeline.json`` said on the way."""
+
+    command: str  # as the docs show it, with DIR
+    run_dir: Path
+    overrides: tuple[str, ...]  # the command's arguments after ``lightalign run full``, the run directory filled in
+    after_two_stages: dict  # pipeline.json's stages after a first run of sft and rankings alone
+    after_all: dict  # and after the command itself, run next in the same directory
+
+
+@pytest.fixture(scope="session")
+def full_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> FullSmokeRun:
+    """:data:`FULL_SMOKE_RUN`, run as if a first run had been killed after its second stage: ``stages=[sft,
+    rankings]`` first, then the command itself. The five stages are the suite's most expensive minute and a half;
+    tests/test_pipeline.py (hand-off, stage-level resume, the report) and tests/test_docs.py (the command the docs
+    show) both read this one run. Tests that run the pipeline again in it must leave it finished."""
+    import json
+
+    from lightalign.cli import main as cli
+
+    run_dir = tmp_path_factory.mktemp("full-smoke") / "run"
+    overrides = tuple(FULL_SMOKE_RUN.replace("DIR", str(run_dir)).split()[3:])
+
+    def stages() -> dict:
+        return json.loads((run_dir / "pipeline.json").read_text())["stages"]
+
+    assert cli(["run", "full", "stages=[sft,rankings]", *overrides]) == 0
+    after_two = stages()
+    assert cli(["run", "full", *overrides]) == 0
+    return FullSmokeRun(FULL_SMOKE_RUN, run_dir, overrides, after_two, stages())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -160,12 +160,17 @@ def fill_placeholders(command: DocCommand, runs: dict[str, Path], new_dir: Path)
 
 
 @pytest.mark.slow
-def test_the_commands_in_the_docs_run_on_tiny_random(tmp_path, monkeypatch):
+def test_the_commands_in_the_docs_run_on_tiny_random(tmp_path, monkeypatch, full_smoke_run):
     monkeypatch.chdir(tmp_path)  # anything written to a relative path (outputs/, multirun/) lands here
     runs: dict[str, Path] = {}
+    shown = [command.text for command in all_commands()]
+    assert full_smoke_run.command in shown, "the docs no longer show the full_smoke_run fixture's command: update it"
     for number, command in enumerate(all_commands()):
         check = how_checked(command)
         if check == "skip":
+            continue
+        if command.text == full_smoke_run.command:  # run once for the suite (tests/test_pipeline.py reads it too)
+            runs["full"] = runs["last"] = full_smoke_run.run_dir
             continue
         argv = fill_placeholders(command, runs, tmp_path / f"run-{number}")
         if check == "validate":

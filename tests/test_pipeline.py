@@ -64,18 +64,13 @@ def _state(run_dir):
 
 
 @pytest.mark.slow
-def test_full_pipeline_hands_off_resumes_and_reports(tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    quick = ["model=tiny-random", "trainer.max_steps=2", "eval.num_prompts=2", "eval.max_new_tokens=8",
-             f"hydra.run.dir={run_dir}"]
-    quick += ["rankings.num_prompts=4", "rankings.max_new_tokens=6"]
+def test_full_pipeline_hands_off_resumes_and_reports(full_smoke_run, capsys):
+    run_dir, overrides = full_smoke_run.run_dir, list(full_smoke_run.overrides)
     # as if killed after its second stage: only sft and rankings finished
-    assert cli(["run", "full", "stages=[sft,rankings]", *quick]) == 0
-    first = _state(run_dir)
+    first = full_smoke_run.after_two_stages
     assert set(first) == {"sft", "rankings"}
 
-    assert cli(["run", "full", *quick]) == 0
-    second = _state(run_dir)
+    second = full_smoke_run.after_all  # the same command again
     assert second["sft"] == first["sft"] and second["rankings"] == first["rankings"]  # not re-run
     assert {s["status"] for s in second.values()} == {"done"}
     assert set(second) == {"sft", "rankings", "reward", "ppo", "dpo"}
@@ -95,11 +90,12 @@ def test_full_pipeline_hands_off_resumes_and_reports(tmp_path, capsys):
     assert all(title in text for _, title in COLUMNS) and "![curves_sft](curves_sft.png)" in text
 
     capsys.readouterr()
-    assert cli(["run", "full", *quick]) == 0  # unchanged: trains nothing
+    assert cli(["run", "full", *overrides]) == 0  # unchanged: trains nothing
     assert _state(run_dir) == second
     assert capsys.readouterr().out.count("skipped") == 5
 
-    assert cli(["run", "full", *quick, "dpo.dpo.beta=0.2"]) == 0  # only DPO's config changed
+    # only DPO's config changed: DPO alone runs again (the shared run stays finished, as the fixture asks)
+    assert cli(["run", "full", *overrides, "dpo.dpo.beta=0.2"]) == 0
     third = _state(run_dir)
     assert third["dpo"]["identity"] != second["dpo"]["identity"]
     kept = ("sft", "rankings", "reward", "ppo")
