@@ -26,6 +26,7 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,7 +54,7 @@ def seed_summary(run_dir: Path) -> dict:
             "forms": {model: form_counts(answers.values()) for model, answers in rows.items()}}
 
 
-def form_counts(answers) -> dict[str, list[int]]:
+def form_counts(answers: Iterable[dict]) -> dict[str, list[int]]:
     """``{form: [answers, correct ones]}`` over one model's sample rows (:func:`lightalign.demo.answer_form`)."""
     counts = {form: [0, 0] for form in FORMS}
     for row in answers:

@@ -128,7 +128,8 @@ def answer_form(prompt: str, answer: str) -> AnswerForm:
     of the question and the right answer is not ("Japan." or "Japan is Japan." for the capital of Japan, "10."
     for 10 + 6: what a policy falls back to when a reward pays for what is easy to say; a comparison's answer is
     in its question, so it never echoes), ``"short"`` for another answer of at most two words or numbers
-    ("Tokyo."), else ``"sentence"`` ("The capital of Japan is Tokyo."). Not part of the judge's score:
+    ("Tokyo."), else ``"sentence"`` ("The capital of Japan is Tokyo."); an answer without words adds nothing to
+    the question, so it counts as an echo. Not part of the judge's score:
     ``bench/seed_spread.py`` counts the forms, because on the demo task a small model is right more often when
     it writes the sentence that leads to the answer.
 
