@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import emit_result, print_table  # noqa: E402
 
+from lightalign.data.formats import prompt_text  # noqa: E402
 from lightalign.demo import answer_form  # noqa: E402
 from lightalign.report import PairedDifference, collect_paired, read_sample_rows  # noqa: E402
 from lightalign.rundir import METRICS, read_json  # noqa: E402
@@ -58,7 +59,7 @@ def form_counts(answers: Iterable[dict]) -> dict[str, list[int]]:
     """``{form: [answers, correct ones]}`` over one model's sample rows (:func:`lightalign.demo.answer_form`)."""
     counts = {form: [0, 0] for form in FORMS}
     for row in answers:
-        prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else prompt_text(row["prompt"])
         count = counts[answer_form(prompt, row["response"])]
         count[0] += 1
         count[1] += int(bool(row.get("correct")))

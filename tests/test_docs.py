@@ -163,9 +163,10 @@ def fill_placeholders(command: DocCommand, runs: dict[str, Path], new_dir: Path)
 def test_the_commands_in_the_docs_run_on_tiny_random(tmp_path, monkeypatch, full_smoke_run):
     monkeypatch.chdir(tmp_path)  # anything written to a relative path (outputs/, multirun/) lands here
     runs: dict[str, Path] = {}
-    shown = [command.text for command in all_commands()]
-    assert full_smoke_run.command in shown, "the docs no longer show the full_smoke_run fixture's command: update it"
-    for number, command in enumerate(all_commands()):
+    commands = all_commands()
+    assert full_smoke_run.command in [command.text for command in commands], \
+        "the docs no longer show the full_smoke_run fixture's command: update it"
+    for number, command in enumerate(commands):
         check = how_checked(command)
         if check == "skip":
             continue
