@@ -20,7 +20,7 @@ Both sides read one composed ``conf/grpo.yaml`` with the same overrides, so they
 settings (``quant``), the LoRA settings (``lora``: r=16, alpha 32, dropout 0.05 — off while training, as
 lightalign's stage does and TRL's ``disable_dropout=True`` does — on all linear layers), the prompts (the first
 ``--prompts-per-step × --steps`` of ``data.train``, the demo's ``demo:sft`` split, chat-templated alike and each
-used once; the TRL child checks that its prompt ids equal lightalign's), G, the answer length, β = 0.04,
+used once; the TRL child checks that its prompt ids equal lightalign's), G, the answer length, β (``grpo.beta``),
 the temperature (``grpo.temperature``: 0.7 in conf/grpo.yaml, 1.0 in BENCHMARKS.md §6's runs), top-p 1.0, the
 clip range 0.2, one optimisation pass per batch of answers in one optimiser step (in passes of ``--micro-batch``
 answers, 8 as ``conf/trainer/grpo.yaml``: gradient accumulation on both sides),
@@ -28,7 +28,8 @@ token-level loss aggregation (TRL's ``dapo``), answers cut off at the length lim
 learning rate and schedule, gradient checkpointing (on: ``conf/trainer/grpo.yaml``, and TRL's default), the seed, the
 precision (``trainer.precision=auto``) and the reward: the demo's gold
 judge (``rewards=gold_judge``, :class:`lightalign.demo.GoldJudge`, adapted to TRL's
-``(prompts, completions, **kwargs) -> list[float]``). The first step is a warm-up and is not timed: ``--steps``
+``(prompts, completions, **kwargs) -> list[float]``). The stage's SFT loss beside the reward (``grpo.sft_weight``, on in
+conf/grpo.yaml for the demo) is off: GRPOTrainer has none. The first step is a warm-up and is not timed: ``--steps``
 must be at least 2.
 
 TRL casts the trainable LoRA weights of a 4-bit model to bf16. On a CPU without native bf16, where the 4-bit
@@ -94,6 +95,7 @@ def stage_overrides(args: argparse.Namespace) -> list[str]:
         f"model.name_or_path={args.model}",
         f"trainer.precision={args.precision}",
         "rewards=gold_judge",
+        "grpo.sft_weight=0",  # the demo's SFT loss beside the reward: GRPOTrainer has none
         f"grpo.batch_size={args.prompts_per_step}",
         f"grpo.group_size={args.group_size}",
         f"grpo.max_new_tokens={args.max_new_tokens}",

@@ -27,6 +27,7 @@ from lightalign.config.schema import DENSE_WEIGHTS
 from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.data.types import Message
+from lightalign.memory import release_freed_memory
 from lightalign.models.logprobs import (
     LabelLogprobs,
     causal_lm_of,
@@ -277,6 +278,7 @@ def dense_decoding(model: nn.Module, mode: str = "auto") -> Iterator[bool]:
     if not layers:
         yield False
         return
+    release_freed_memory()  # what the last update freed is not kept on top of the copies
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         copies: dict[int, DenseLinear] = {}  # a layer shared by two parents gets one copy
@@ -291,6 +293,8 @@ def dense_decoding(model: nn.Module, mode: str = "auto") -> Iterator[bool]:
     finally:
         for parent, name, layer in reversed(swapped):
             setattr(parent, name, layer)
+        if swapped:
+            release_freed_memory()  # the dense copies are gone: give their pages back rather than keep the peak
 
 
 # ---- sampling ----------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from lightalign.errors import NonFiniteLossError
 from lightalign.generation import response_logprobs
 from lightalign.grpo.losses import Aggregation, grpo_loss
 from lightalign.grpo.rollout import GroupBatch
+from lightalign.memory import release_freed_memory
 from lightalign.rl.demonstrations import DemonstrationBatches, demonstration_loss
 from lightalign.rl.objectives import KLEstimator
 
@@ -91,6 +92,9 @@ def grpo_update(
                 whole = {"num_sequences": minibatch_size, "num_tokens": int(batch.mask[minibatch].sum())}
                 minibatch_loss = 0.0
                 for micro_start in range(0, minibatch_size, micro_batch_size):
+                    # the last pass's freed activations go back to the system: kept, they fragment the heap
+                    # and the update grows by half a GB over a step (BENCHMARKS.md §6)
+                    release_freed_memory()
                     part = batch.select(minibatch[micro_start : micro_start + micro_batch_size])
                     new_logprobs = response_logprobs(model, part.input_ids, part.attention_mask,
                                                      part.response_start, temperature)

@@ -27,6 +27,7 @@ from lightalign.atomic import build_folder_atomically
 from lightalign.config.schema import Quantization
 from lightalign.data.templates import ensure_chat_template
 from lightalign.errors import ModelNotFoundError
+from lightalign.memory import own_mapped_weights, release_freed_memory
 from lightalign.models.score_position import score_pad_token_id
 from lightalign.paths import lightalign_home
 
@@ -143,6 +144,9 @@ def load_base_model(
         # transformers' pooling needs a pad id; see lightalign.models.score_position for the scored token.
         model.config.pad_token_id = score_pad_token_id(model.config)
     keep_4bit_layers_differentiable(model)
+    if bnb is not None and not on_gpu:
+        own_mapped_weights(model)  # the 4-bit model no longer holds the whole checkpoint file resident
+        release_freed_memory()  # and what loading allocated and dropped
     return model
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from lightalign.config.schema import PPOSettings
 from lightalign.errors import NonFiniteLossError
+from lightalign.memory import release_freed_memory
 from lightalign.models.logprobs import logprobs_from_logits
 from lightalign.ppo.losses import entropy_from_logits, explained_variance, policy_loss, value_loss
 from lightalign.ppo.roles import SharedBaseRoles
@@ -89,6 +90,7 @@ def ppo_update(
             for mb_start in range(0, rollout.size, minibatch_size):
                 minibatch = order[mb_start : mb_start + minibatch_size]
                 for micro_start in range(0, minibatch_size, micro_batch_size):
+                    release_freed_memory()  # the last pass's freed activations: see lightalign.grpo.update
                     rows = minibatch[micro_start : micro_start + micro_batch_size]
                     weight = len(rows) / minibatch_size
                     part = rollout.select(rows.to(rollout.input_ids.device))
