@@ -3,6 +3,7 @@
     python bench/grpo_vs_trl.py                        # SmolLM2-135M, 8 prompts x G = 4, <= 24 new tokens, 4 steps
     python bench/grpo_vs_trl.py --model lightalign:tiny-random --steps 2          # smoke test (about a minute)
     python bench/grpo_vs_trl.py --precision fp32      # 4-bit layers computing in fp32, as on CPUs without bf16
+    python bench/grpo_vs_trl.py --set grpo.temperature=1.0 --set grpo.beta=0.04     # other stage settings
 
 Run it alone (``flock /tmp/lightalign-heavy.lock``, ``LIGHTALIGN_HOME`` as usual): two torch processes on the
 same cores distort both. Each side runs in its own child process, lightalign first, then TRL:
@@ -76,6 +77,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="trainer.precision of both sides (fp32: 4-bit layers compute in fp32, as on a CPU "
                              "without native bf16)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override both sides compose (repeatable), e.g. --set grpo.temperature=1.0")
     # set by the parent for its children
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", help=argparse.SUPPRESS)
@@ -106,6 +109,7 @@ def stage_overrides(args: argparse.Namespace) -> list[str]:
         f"trainer.save_steps={args.steps}",  # one checkpoint, after the last (timed) step
         f"data.limit={args.prompts_per_step * args.steps}",  # each prompt once, on both sides
         "eval.num_prompts=0",  # no held-out evaluation: TRL's side has none
+        *args.extra,
     ]
 
 

@@ -32,7 +32,7 @@ from trl import RewardConfig
 from lightalign.config import register_configs
 from lightalign.data import load_preference_splits
 from lightalign.data.collators import RankedGroupCollator
-from lightalign.data.tokenize import tokenize_reward_groups
+from lightalign.data.tokenize import tokenize_reward_groups, trained_reward_pairs
 from lightalign.distributed import is_main_process
 from lightalign.errors import ConfigError, report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
@@ -149,7 +149,8 @@ def main(cfg: DictConfig) -> None:
         del trainer, model, final  # the classifier has no output layer; the causal LM that replaces it does
         gc.collect()
         scorer = load_reward_on_causal_lm(StageRun.open(out, stage="reward"), batch_size=run.eval.batch_size)
-        mix, mix_metrics = fit_mix_on_pairs(scorer, data.train, data.held_out)
+        # fitted on the pairs training saw: not on groups that data.overlong=skip left out
+        mix, mix_metrics = fit_mix_on_pairs(scorer, trained_reward_pairs(data.train, train_report), data.held_out)
         save_score_mix(mix, out / ADAPTER)
         metrics.update(mix_metrics)  # pairwise_accuracy, mean_margin and mean_score are now the mixed score's
         print(f"score = {mix.head_weight:.3f} * head + {mix.likelihood_weight:.3f} * mean answer log-prob; held-out "

@@ -10,8 +10,10 @@ from lightalign.data.preference import to_preference_pairs
 from lightalign.data.tokenize import (
     encode_exchange,
     encode_prompt,
+    group_reward_pairs,
     tokenize_preference_pairs,
     tokenize_reward_groups,
+    trained_reward_pairs,
 )
 from lightalign.data.types import PreferencePair
 from lightalign.errors import DataError
@@ -50,6 +52,17 @@ def test_reward_groups_overlong_policies(tiny_tokenizer):
     rows, report = tokenize_reward_groups(tiny_tokenizer, pairs, max_length=64, overlong="truncate")
     assert report.truncated == 1 and all(len(ids) == 64 for ids in rows[0]["input_ids"])
     assert tiny_tokenizer.decode(rows[0]["input_ids"][0]).endswith("answer 0<|im_end|>\n")  # the end is kept
+
+
+def test_trained_reward_pairs_leave_out_the_groups_that_were_skipped(tiny_tokenizer):
+    short, long = _ranking(0, k=3), _ranking(1, k=3, prompt="long " * 40)
+    lone = [PreferencePair(PROMPT, "yes", "no", "p:1")]
+    pairs = short + long + lone
+    assert group_reward_pairs(pairs) == [short, long, lone]
+    _, report = tokenize_reward_groups(tiny_tokenizer, pairs, max_length=64, overlong="skip")
+    assert report.skipped == 1 and trained_reward_pairs(pairs, report) == short + lone
+    _, report = tokenize_reward_groups(tiny_tokenizer, pairs, max_length=64, overlong="truncate")
+    assert trained_reward_pairs(pairs, report) == pairs
 
 
 def test_pad_ranked_groups_indexes_the_flat_batch_and_weighs_groups_equally():

@@ -184,6 +184,24 @@ def encode_scored_exchange(
     return ids[cut:], max(start - cut, 0)
 
 
+def group_reward_pairs(pairs: Iterable[PreferencePair]) -> list[list[PreferencePair]]:
+    """The pairs as the reward stage trains on them: a ranking's pairs (one ``group``) together, a lone pair
+    alone, in the order each group first appears."""
+    groups: dict[tuple, list[PreferencePair]] = {}
+    for index, pair in enumerate(pairs):
+        key = ("group", pair.group) if pair.group is not None else ("pair", index)
+        groups.setdefault(key, []).append(pair)
+    return list(groups.values())
+
+
+def trained_reward_pairs(pairs: Iterable[PreferencePair], report: TokenizeReport) -> list[PreferencePair]:
+    """The pairs of the groups :func:`tokenize_reward_groups` kept, ``report`` being its report on ``pairs``:
+    what training saw, without the groups ``data.overlong=skip`` left out (a skipped group is reported by its
+    first pair's origin, the file and line of its ranking)."""
+    skipped = set(report.skipped_origins)
+    return [pair for group in group_reward_pairs(pairs) if group[0].origin not in skipped for pair in group]
+
+
 def tokenize_reward_groups(
     tokenizer: PreTrainedTokenizerBase,
     pairs: Iterable[PreferencePair],
@@ -205,13 +223,9 @@ def tokenize_reward_groups(
     def truncate(row: dict) -> dict:
         return {**row, "input_ids": [keep_last(ids, max_length) for ids in row["input_ids"]]}
 
-    groups: dict[tuple, list[PreferencePair]] = {}
-    for index, pair in enumerate(pairs):
-        key = ("group", pair.group) if pair.group is not None else ("pair", index)
-        groups.setdefault(key, []).append(pair)
     report = TokenizeReport()
     rows: list[dict] = []
-    for members in groups.values():
+    for members in group_reward_pairs(pairs):
         texts: list[str] = []
         row: dict = {"input_ids": [], "chosen_index": [], "rejected_index": [], "pair_weight": []}
         for pair in members:
