@@ -38,7 +38,7 @@ from lightalign.errors import ConfigError, report_errors
 from lightalign.eval import EvalContext, EvalHookCallback, PairwiseAccuracy, run_eval_hooks
 from lightalign.models import apply_lora, resolve_precision
 from lightalign.models.adapters import apply_lora_from
-from lightalign.models.logprobs import transforms_logits
+from lightalign.models.logprobs import logits_from_hidden_states
 from lightalign.models.trained import ModelSource
 from lightalign.reward_model import load_reward_on_causal_lm
 from lightalign.rundir import (
@@ -79,9 +79,12 @@ def main(cfg: DictConfig) -> None:
     print(f"train groups: {train_report.kept} kept, {train_report.truncated} truncated, {train_report.skipped} skipped")
 
     model = source.load_base()
-    if run.reward.likelihood == "fit" and transforms_logits(model.config):  # known now, not after training
-        raise ConfigError(f"{run.model.name_or_path} scales or caps its logits: the reward model cannot read answer "
-                          "likelihoods from its hidden states; set reward.likelihood=off")
+    # known now, not after training: the fit reads the trunk's logits from its hidden states
+    if run.reward.likelihood == "fit" and not logits_from_hidden_states(
+            model.config, trust_remote_code=run.model.trust_remote_code):
+        raise ConfigError(f"{run.model.name_or_path}'s output layer has a bias, or its config scales or caps its "
+                          "logits: the reward model cannot read answer likelihoods from its hidden states; set "
+                          "reward.likelihood=off")
     # The score head is new: train it and save it with the adapter, or the saved reward model is useless.
     if init:  # InstructGPT: the reward model starts as the SFT model plus a new head
         model = apply_lora_from(model, init.adapter_dir, task_type="SEQ_CLS", modules_to_save=["score"],

@@ -276,3 +276,17 @@ def test_a_config_that_scales_or_caps_logits_is_recognised():
     capped = LlamaConfig()
     capped.final_logit_softcapping = 30.0
     assert transforms_logits(capped)
+
+
+def test_a_biased_output_layer_or_transformed_logits_cannot_be_read_from_hidden_states():
+    from transformers import PhiConfig
+
+    from lightalign.models.logprobs import logits_from_hidden_states
+
+    small = {"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2}
+    assert logits_from_hidden_states(LlamaConfig(**small))
+    assert not logits_from_hidden_states(PhiConfig(**small))  # lm_head has a bias: not in the config
+    capped = LlamaConfig(**small)
+    capped.final_logit_softcapping = 30.0
+    assert not logits_from_hidden_states(capped)

@@ -192,6 +192,22 @@ def transforms_logits(config: PretrainedConfig) -> bool:
     return any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
 
 
+def logits_from_hidden_states(config: PretrainedConfig, *, trust_remote_code: bool = False) -> bool:
+    """Whether the causal LM of ``config`` computes its logits as :func:`output_weight` reads them (a plain
+    output matrix, no bias, no logit scaling or capping): known from the config alone, before anything loads.
+
+    Builds the model's skeleton on the meta device (no memory, no weights) to look at its output layer: a head
+    with a bias (Phi, GPT-J) is in the architecture, not in the config.
+    """
+    if transforms_logits(config):
+        return False
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return output_weight(skeleton) is not None
+
+
 def causal_lm_of(model: nn.Module) -> nn.Module:
     """The causal LM itself: ``model``, or the one a PEFT model wraps."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
