@@ -22,9 +22,9 @@ settings (``quant``), the LoRA settings (``lora``: r=16, alpha 32, dropout 0.05 
 lightalign's stage does and TRL's ``disable_dropout=True`` does — on all linear layers), the prompts (the first
 ``--prompts-per-step × --steps`` of ``data.train``, the demo's ``demo:sft`` split, chat-templated alike and each
 used once; the TRL child checks that its prompt ids equal lightalign's), G, the answer length, β (``grpo.beta``),
-the temperature (``grpo.temperature``: 0.7 in conf/grpo.yaml, 1.0 in BENCHMARKS.md §6's runs), top-p 1.0, the
-clip range 0.2, one optimisation pass per batch of answers in one optimiser step (in passes of ``--micro-batch``
-answers, 8 as ``conf/trainer/grpo.yaml``: gradient accumulation on both sides),
+the temperature (``grpo.temperature``: 0.7 in conf/grpo.yaml; 1.0 in BENCHMARKS.md §6's runs before session 28),
+top-p 1.0, the clip range 0.2, one optimisation pass per batch of answers in one optimiser step (in passes of
+``--micro-batch`` answers, 8 as ``conf/trainer/grpo.yaml``: gradient accumulation on both sides),
 token-level loss aggregation (TRL's ``dapo``), answers cut off at the length limit masked from the loss, the
 learning rate and schedule, gradient checkpointing (on: ``conf/trainer/grpo.yaml``, and TRL's default), the seed, the
 precision (``trainer.precision=auto``) and the reward: the demo's gold

@@ -197,10 +197,9 @@ def logits_from_hidden_states(config: PretrainedConfig, *, trust_remote_code: bo
     output matrix, no bias, no logit scaling or capping): known from the config alone, before anything loads.
 
     Builds the model's skeleton on the meta device (no memory, no weights) to look at its output layer: a head
-    with a bias (Phi, GPT-J) is in the architecture, not in the config.
+    with a bias (Phi, GPT-J) is in the architecture, not in the config; the config's logit scaling or capping is
+    :func:`output_weight`'s check too.
     """
-    if transforms_logits(config):
-        return False
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
