@@ -363,3 +363,16 @@ def test_generate_answers_gives_each_prompt_its_sampled_answers_in_order(policy,
     assert len(shared) == 6 and shared[:4] == one_by_one  # 2 prompts (4 answers) a call, prompt by prompt
     with pytest.raises(ValueError, match="need sampling"):
         generate_answers(policy, tiny_tokenizer, messages, num_samples=2)
+
+
+def test_decoding_hands_the_freed_heap_back_every_step_and_stops_nothing(policy, prompts, tiny_tokenizer,
+                                                                         monkeypatch):
+    from transformers import GenerationConfig
+
+    calls = []
+    monkeypatch.setattr(generation, "release_freed_memory", lambda: calls.append(1) or True)
+    tokens = generate_tokens(policy, prompts["input_ids"], prompts["attention_mask"], do_sample=False,
+                             max_new_tokens=6, min_new_tokens=6, pad_token_id=tiny_tokenizer.pad_token_id,
+                             generation_config=GenerationConfig())
+    assert tokens.shape[1] == 6  # every step ran: the criterion stopped no row
+    assert len(calls) >= 5  # once a decoding step (the first token comes from the prompt's forward)

@@ -20,7 +20,13 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lightalign.config.schema import DENSE_WEIGHTS
@@ -341,8 +347,28 @@ def generate_tokens(
     if num_samples > 1:
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
-    output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **generate_kwargs)
+    stopping = StoppingCriteriaList([*generate_kwargs.pop("stopping_criteria", []), _ReleaseFreedMemory()])
+    output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, stopping_criteria=stopping,
+                            **generate_kwargs)
     return output[:, prompt_ids.shape[1] :]
+
+
+class _ReleaseFreedMemory(StoppingCriteria):
+    """Stops nothing: every ``every`` decoding steps it hands the freed heap back (:func:`release_freed_memory`).
+
+    The KV cache grows by one token a step and each step frees the last step's copy, which glibc keeps in its
+    heap: one cache's worth more a step until something trims. Trimming every step took GRPO's sampling peak on
+    the benchmark from 1290 to 1254 MB at no measurable cost (a few ms a step; BENCHMARKS.md §6).
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        self.every, self.steps = every, 0
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        self.steps += 1
+        if self.steps % self.every == 0:
+            release_freed_memory()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
@@ -483,41 +509,45 @@ def sample_and_score(
             reference log-probs.
         forward_batch_size: rows per scoring forward pass (memory bound).
         score_policy: False: no policy log-probs (``logprobs`` is None).
-        dense_weights: how the sampling decodes (:func:`dense_decoding`); the scoring runs the model as it is,
-            as the training forward does, so that PPO's first ratio is exactly 1.
+        dense_weights: whether sampling and scoring run on a dense copy of the 4-bit layers (:func:`dense_decoding`,
+            one copy for both). It computes bit for bit as the 4-bit layers do, so the log-probs still equal the
+            training forward's and PPO's first ratio is exactly 1; scoring on the 4-bit layers, which dequantise
+            at every call, took a third of a GRPO step's sampling on 2 CPU cores (BENCHMARKS.md §6).
     """
     if temperature <= 0:
         raise ValueError(f"scoring samples needs a temperature > 0, got {temperature}")
-    responses = sample_responses(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, dense_weights=dense_weights, num_samples=num_samples)
-    n = num_samples
-    start = prompt_ids.shape[1]
-    input_ids = torch.cat([prompt_ids.repeat_interleave(n, dim=0), responses.tokens], dim=1)
-    attention_mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0), responses.mask], dim=1)
+    with dense_decoding(model, dense_weights):  # the inner call makes no second copy
+        responses = sample_responses(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
+                                     top_k=top_k, top_p=top_p, dense_weights="off", num_samples=num_samples)
+        release_freed_memory()  # the decoding's KV cache: the scoring below does not stack on its freed pages
+        n = num_samples
+        start = prompt_ids.shape[1]
+        input_ids = torch.cat([prompt_ids.repeat_interleave(n, dim=0), responses.tokens], dim=1)
+        attention_mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0), responses.mask], dim=1)
 
-    def score() -> Tensor:
-        if n > 1:  # whole prompts a pass, each run once for its n answers
-            per_pass = max(1, forward_batch_size // n)
-            return torch.cat([
-                shared_prompt_logprobs(model, prompt_ids[i : i + per_pass], prompt_mask[i : i + per_pass],
-                                       GeneratedResponses(*(t[i * n : (i + per_pass) * n] for t in responses)),
-                                       n, temperature)
-                for i in range(0, prompt_ids.shape[0], per_pass)
-            ])
-        chunks = [
-            response_logprobs(model, input_ids[i : i + forward_batch_size],
-                              attention_mask[i : i + forward_batch_size], start, temperature)
-            for i in range(0, input_ids.shape[0], forward_batch_size)
-        ]
-        return torch.cat(chunks)
+        def score() -> Tensor:
+            if n > 1:  # whole prompts a pass, each run once for its n answers
+                per_pass = max(1, forward_batch_size // n)
+                return torch.cat([
+                    shared_prompt_logprobs(model, prompt_ids[i : i + per_pass], prompt_mask[i : i + per_pass],
+                                           GeneratedResponses(*(t[i * n : (i + per_pass) * n] for t in responses)),
+                                           n, temperature)
+                    for i in range(0, prompt_ids.shape[0], per_pass)
+                ])
+            chunks = [
+                response_logprobs(model, input_ids[i : i + forward_batch_size],
+                                  attention_mask[i : i + forward_batch_size], start, temperature)
+                for i in range(0, input_ids.shape[0], forward_batch_size)
+            ]
+            return torch.cat(chunks)
 
-    logprobs = score() if score_policy else None
-    ref_logprobs = None
-    if reference is not None:
-        with reference():
-            ref_logprobs = score()
-    return ScoredSamples(input_ids, attention_mask, start, responses, logprobs, ref_logprobs)
+        logprobs = score() if score_policy else None
+        ref_logprobs = None
+        if reference is not None:
+            with reference():
+                ref_logprobs = score()
+        return ScoredSamples(input_ids, attention_mask, start, responses, logprobs, ref_logprobs)
 
 
 # ---- answers as text ---------------------------------------------------------------------------------------------

@@ -217,5 +217,5 @@ def test_a_rollout_sampled_with_dense_weights_is_the_same_rollout(tiny_random_st
     for name, value in vars(rollouts["off"]).items():
         other = getattr(rollouts["on"], name)
         assert torch.equal(value, other) if isinstance(value, Tensor) else value == other, name
-    # scoring (policy, reference, values: one forward each through 14 4-bit layers) stays in 4 bit; decoding not
-    assert calls["on"] == 3 * 14 < calls["off"]
+    # decoding and scoring (policy, reference, values) all run on the one dense copy: no 4-bit call at all
+    assert calls["on"] == 0 < 3 * 14 < calls["off"]

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
-from lightalign.generation import decode_answers, sample_and_score, stop_token_ids
+from lightalign.generation import decode_answers, dense_decoding, sample_and_score, stop_token_ids
 from lightalign.grpo.advantages import Advantage, group_advantages, zero_spread_fraction
 from lightalign.grpo.rewards import RewardScores, WeightedReward
 from lightalign.rl.batches import AnswerBatch
@@ -116,15 +116,17 @@ def sample_groups(
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in pad_prompts(list(prompt_ids), tokenizer.pad_token_id).items()}
     model.eval()
-    # row i·G + g: answer g to prompt i; each prompt runs once for its G answers
-    sampled = sample_and_score(model, batch["input_ids"], batch["attention_mask"], reference=reference,
-                               num_samples=group_size, score_policy=keep_old_logprobs, max_new_tokens=max_new_tokens,
-                               eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                               temperature=temperature, top_p=top_p, forward_batch_size=forward_batch_size,
-                               dense_weights=dense_weights)
-    responses = sampled.responses
-    answers = decode_answers(tokenizer, responses.tokens, responses.mask)
-    rewards = reward.score([p.prompt for p in prompts for _ in range(group_size)], answers)
+    # one dense copy of the 4-bit layers for sampling, scoring and a reward model on the same base
+    with dense_decoding(model, dense_weights):
+        # row i·G + g: answer g to prompt i; each prompt runs once for its G answers
+        sampled = sample_and_score(model, batch["input_ids"], batch["attention_mask"], reference=reference,
+                                   num_samples=group_size, score_policy=keep_old_logprobs,
+                                   max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
+                                   pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p,
+                                   forward_batch_size=forward_batch_size, dense_weights="off")  # this block's copy
+        responses = sampled.responses
+        answers = decode_answers(tokenizer, responses.tokens, responses.mask)
+        rewards = reward.score([p.prompt for p in prompts for _ in range(group_size)], answers)
     advantages = group_advantages(torch.tensor(rewards.total), group_size, advantage, scale_eps).to(device)
     counted = responses.mask * responses.ended_with_eos.unsqueeze(1) if mask_truncated else responses.mask
     return GroupRollout(

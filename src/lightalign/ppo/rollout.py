@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from lightalign.config.schema import PPOSettings
 from lightalign.data.collators import pad_prompts
 from lightalign.data.types import PromptOnly
-from lightalign.generation import decode_answers, sample_and_score, stop_token_ids
+from lightalign.generation import decode_answers, dense_decoding, sample_and_score, stop_token_ids
 from lightalign.models.roles import use_reference
 from lightalign.ppo.advantages import gae_advantages, paid_scores, per_token_rewards
 from lightalign.ppo.rewards import RewardFn, score_answers
@@ -98,28 +98,31 @@ def collect_rollout(
     device = next(roles.model.parameters()).device
     batch = {k: v.to(device) for k, v in pad_prompts(list(prompt_ids), tokenizer.pad_token_id).items()}
     roles.model.eval()  # generation with a KV cache; the update switches back to train mode
-    sampled = sample_and_score(
-        roles.activate_policy(),
-        batch["input_ids"],
-        batch["attention_mask"],
-        reference=partial(use_reference, roles.model),
-        max_new_tokens=settings.max_new_tokens,
-        eos_token_id=stop_token_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        temperature=settings.temperature,  # the sampling temperature, which both log-probs use: one source
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-        forward_batch_size=forward_batch_size,
-        dense_weights=dense_weights,
-    )
-    input_ids, attention_mask, start = sampled.input_ids, sampled.attention_mask, sampled.response_start
-    mask, logprobs, ref_logprobs = sampled.responses.mask, sampled.logprobs, sampled.ref_logprobs
-    values = torch.cat([roles.values(input_ids[i : i + forward_batch_size], attention_mask[i : i + forward_batch_size],
-                                     start) for i in range(0, input_ids.shape[0], forward_batch_size)])
-    roles.activate_policy()
-
-    answers = decode_answers(tokenizer, sampled.responses.tokens, mask)
-    scores = score_answers(reward_fn, prompts, answers).to(device)
+    # one dense copy of the 4-bit layers for every forward of the rollout: sampling, the policy's, reference's and
+    # value's scores, and a reward model on the same base (bit for bit the 4-bit layers' numbers, dequantised once)
+    with dense_decoding(roles.model, dense_weights):
+        sampled = sample_and_score(
+            roles.activate_policy(),
+            batch["input_ids"],
+            batch["attention_mask"],
+            reference=partial(use_reference, roles.model),
+            max_new_tokens=settings.max_new_tokens,
+            eos_token_id=stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=settings.temperature,  # the sampling temperature, which both log-probs use: one source
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            forward_batch_size=forward_batch_size,
+            dense_weights="off",  # this block's copy
+        )
+        input_ids, attention_mask, start = sampled.input_ids, sampled.attention_mask, sampled.response_start
+        mask, logprobs, ref_logprobs = sampled.responses.mask, sampled.logprobs, sampled.ref_logprobs
+        values = torch.cat([roles.values(input_ids[i : i + forward_batch_size],
+                                         attention_mask[i : i + forward_batch_size], start)
+                            for i in range(0, input_ids.shape[0], forward_batch_size)])
+        roles.activate_policy()
+        answers = decode_answers(tokenizer, sampled.responses.tokens, mask)
+        scores = score_answers(reward_fn, prompts, answers).to(device)
     paid = paid_scores(scores, sampled.responses.ended_with_eos, score_clip=settings.score_clip,
                        missing_eos_penalty=settings.missing_eos_penalty)
     rewards, kl, non_score_reward = per_token_rewards(
