@@ -1,6 +1,6 @@
 """Giving memory back: weights off the checkpoint file's memory map, and freed heap back to the system.
 
-Two things keep a CPU process's resident memory far above what its tensors hold, both measured on the stages'
+Three things keep a CPU process's resident memory far above what its tensors hold, all measured on the stages'
 4-bit path (BENCHMARKS.md §6):
 
 - ``from_pretrained`` reads a safetensors checkpoint through a memory map. A weight it keeps in the file's dtype
