@@ -65,16 +65,6 @@ def _mapped_ranges(prefixes: tuple[str, ...]) -> list[tuple[int, int]]:
     return ranges
 
 
-@functools.cache
-def _madvise():  # noqa: ANN202 (a ctypes function, or None where the C library has none)
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError, TypeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return madvise
-
-
 def _location_key(location: str | Path) -> str:
     """A file's real path, or a folder's with a trailing separator (``/a/b`` must not match ``/a/bc/x``)."""
     real = os.path.realpath(location)
@@ -88,7 +78,7 @@ def page_out_mapped_files(prefixes: Iterable[str | Path]) -> int:
     and leaves a page the process wrote to (a private copy) resident where there is no swap. 0 where the
     system has no such call (not Linux, or a kernel before 5.4: ``madvise`` then fails and nothing changes).
     """
-    madvise = _madvise()
+    madvise = _c_function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
     keys = tuple(_location_key(p) for p in prefixes)
     if madvise is None or not keys:
         return 0
@@ -125,11 +115,16 @@ def pages_released(prefixes: Iterable[str | Path], every: float = 0.2) -> Iterat
 
 
 @functools.cache
-def _malloc_trim():  # noqa: ANN202 (a ctypes function, or None where the C library has none)
-    try:  # the symbols the process has loaded already: glibc's, on Linux (no ldconfig lookup)
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to trim with
+def _c_function(name: str, argtypes: tuple | None = None):  # noqa: ANN202 (a ctypes function, or None)
+    """The C library function ``name`` among the symbols the process has loaded already (glibc's, on Linux: no
+    ``ldconfig`` lookup), or None where there is none (musl has no ``malloc_trim``; macOS, Windows)."""
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, TypeError):
         return None
+    if argtypes is not None:
+        function.argtypes = list(argtypes)
+    return function
 
 
 def release_freed_memory() -> bool:
@@ -138,7 +133,7 @@ def release_freed_memory() -> bool:
 
     Tensors are freed when their last reference goes, so no garbage collection is run first.
     """
-    trim = _malloc_trim()
+    trim = _c_function("malloc_trim")
     if trim is None:
         return False
     trim(0)

@@ -140,7 +140,8 @@ def load_base_model(
         kwargs["num_labels"] = 1
     # Quantising on a CPU reads every weight through the checkpoint's memory map: page it out as loading goes,
     # or the whole file stays resident on top of the model (lightalign.memory)
-    paging = pages_released(checkpoint_locations(path)) if bnb is not None and not on_gpu else nullcontext()
+    quantised_on_cpu = bnb is not None and not on_gpu
+    paging = pages_released(checkpoint_locations(path)) if quantised_on_cpu else nullcontext()
     try:
         with paging:
             model = auto.from_pretrained(path, **kwargs)
@@ -150,7 +151,7 @@ def load_base_model(
         # transformers' pooling needs a pad id; see lightalign.models.score_position for the scored token.
         model.config.pad_token_id = score_pad_token_id(model.config)
     keep_4bit_layers_differentiable(model)
-    if bnb is not None and not on_gpu:
+    if quantised_on_cpu:
         # Loading leaves reference cycles that hold weights it has already converted; free them now rather than
         # at the garbage collector's next full pass (seen to hold ~200-400 MB of a 135M model's fp32 weights)
         gc.collect()
