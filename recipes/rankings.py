@@ -79,6 +79,9 @@ def main(cfg: DictConfig) -> None:
     if opts.pair_margin > 0:
         print(f"rankings: {len(dpo_pairs)} of the {len(pairs)} pairs differ in score by >= {opts.pair_margin} "
               "(rankings.pair_margin): DPO's pairs")
+        if pairs and not dpo_pairs:  # DPO would stop on an empty file without saying why
+            print(f"rankings: warning: no pair differs by >= {opts.pair_margin}, so pairs.jsonl is empty and DPO "
+                  "has nothing to train on; lower rankings.pair_margin (0: every pair)")
     metrics = {
         "rankings_prompts": len(rows),
         "rankings_ranked": len(ranked),

@@ -169,8 +169,15 @@ def test_a_pipeline_gives_its_stages_its_own_overrides_before_the_users(tmp_path
 
     # the shipped pipelines train SFT without checkpointing (the demo's size); dropped where sft does not run
     for name in pipeline_names():
-        assert pipeline_overrides(name, load_stages(name)) == ["sft.trainer.gradient_checkpointing=false"], name
-    assert pipeline_overrides("full", ["dpo"]) == []
+        assert pipeline_overrides(name, load_stages(name))[0] == "sft.trainer.gradient_checkpointing=false", name
+    # full's DPO trains on the pairs that differ in correctness, with the chosen answer's NLL (docs/dpo.md)
+    assert pipeline_overrides("full", load_stages("full"))[1:] == ["rankings.rankings.pair_margin=0.45",
+                                                                   "dpo.dpo.sft_weight=4.0"]
+    assert pipeline_overrides("full", ["dpo"]) == ["dpo.dpo.sft_weight=4.0"]
+    full = {stage.name: stage for stage in pipeline_module.plan_pipeline("full", ["model=tiny-random"], tmp_path)}
+    assert pipeline_module._compose("rankings", full["rankings"].overrides).rankings.pair_margin == 0.45
+    assert pipeline_module._compose("dpo", full["dpo"].overrides).dpo.sft_weight == 4.0
+    assert pipeline_module._compose("dpo", full["dpo"].overrides + ["dpo.sft_weight=0"]).dpo.sft_weight == 0
 
     def sft_checkpointing(user: list[str]) -> bool:
         stages = load_stages("dpo")

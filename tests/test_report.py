@@ -95,13 +95,17 @@ def test_a_run_without_samples_has_no_paired_section(tmp_path: Path) -> None:
 
 def test_report_shows_the_headroom_and_the_reward_models_accuracy(run_dir: Path) -> None:
     _write(run_dir, "rankings", "metrics.json", {"correct_fraction": 0.375, "pass_at_k": 0.625, "pass_k": 4.0,
-                                                 "rankings_ranked": 60, "rankings_pairs": 250})
+                                                 "rankings_ranked": 60.0, "rankings_pairs": 250,
+                                                 "rankings_dpo_pairs": 68.0})
     _write(run_dir, "reward", "metrics.json", {"pairwise_accuracy": 0.8, "base_pairwise_accuracy": 0.5})
     text = build_report(run_dir).path.read_text()
     assert "## Rankings and reward model" in text
     assert "| SFT's k sampled answers: some answer correct (pass@4) | 0.625 |" in text
     assert "| SFT's greedy answers: correct | 0.375 |" in text
     assert "| reward model: held-out pairwise accuracy | 0.800 |" in text
+    # counts print as counts, even when metrics.json holds them as floats
+    assert "| prompts ranked (on-policy: SFT's own sampled answers) | 60 |" in text
+    assert "| DPO's pairs (those with a score gap of at least rankings.pair_margin) | 68 |" in text
     report = json.loads((run_dir / "report.json").read_text())
     assert report["preference_data"]["reward model: held-out pairwise accuracy"] == 0.8
 

@@ -97,6 +97,12 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
 
 
+def _fmt_count_or_share(value: float) -> str:
+    """A number of the rankings table: a count (whole, above 1: prompts, pairs) as an integer, else as :func:`_fmt`.
+    metrics.json holds counts as floats, which would print as "63.000"."""
+    return f"{value:.0f}" if isinstance(value, int | float) and value > 1 and float(value).is_integer() else _fmt(value)
+
+
 def format_table(rows: dict[str, dict[str, float | None]], columns: list[tuple[str, str]] = COLUMNS) -> str:
     header = "| model | " + " | ".join(title for _, title in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
@@ -293,7 +299,7 @@ def build_report(run_dir: Path) -> Report:
     preference = collect_preference_data(run_dir)
     if preference:
         lines += ["## Rankings and reward model", "", "| | |", "|---|---:|"]
-        lines += [f"| {title} | {_fmt(value)} |" for title, value in preference]
+        lines += [f"| {title} | {_fmt_count_or_share(value)} |" for title, value in preference]
         lines += ["", "pass@k above the greedy correct fraction is the room RL has: answers the SFT model can give "
                   "but does not give first.", ""]
     if samples:

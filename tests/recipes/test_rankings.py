@@ -62,7 +62,8 @@ def test_rankings_rank_k_sampled_answers_by_the_judge(rankings_run, sft_run):
         assert len(data.train) == len(pairs) == metrics["rankings_pairs"]
 
 
-def test_rankings_resume_skips_finished_prompts_and_reward_starts_from_sft(rankings_run, sft_run, tmp_path):
+def test_rankings_resume_skips_finished_prompts_and_reward_starts_from_sft(rankings_run, sft_run, tmp_path,
+                                                                            capsys):
     # a second run into the same folder samples nothing new: every prompt is already in judged.jsonl
     before = (rankings_run / "judged.jsonl").read_text()
     assert cli(["run", "rankings", *QUICK, f"rankings.sft_adapter={sft_run}", "rankings.headroom=false",
@@ -83,6 +84,16 @@ def test_rankings_resume_skips_finished_prompts_and_reward_starts_from_sft(ranki
     assert all(scores[p["prompt"], p["chosen"]] - scores[p["prompt"], p["rejected"]] >= 0.3 - 1e-9 for p in kept)
     assert len(kept) == sum(scores[p["prompt"], p["chosen"]] - scores[p["prompt"], p["rejected"]] >= 0.3 - 1e-9
                             for p in read_log(rankings_run / "pairs.jsonl"))
+
+    # a margin no pair clears (the gold judge scores in [0, 1]) leaves DPO nothing, and the stage says so
+    none_run = tmp_path / "none"
+    shutil.copytree(rankings_run, none_run)
+    capsys.readouterr()
+    assert cli(["run", "rankings", *QUICK, f"rankings.sft_adapter={sft_run}", "rankings.headroom=false",
+                "rankings.pair_margin=2", f"hydra.run.dir={none_run}"]) == 0
+    assert read_log(none_run / "pairs.jsonl") == []
+    if metrics["rankings_pairs"]:
+        assert "no pair differs by >= 2" in capsys.readouterr().out
 
     # the reward stage trains on the on-policy rankings, starting from the SFT adapter
     if read_log(rankings_run / "rankings.jsonl"):
