@@ -97,12 +97,6 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def _fmt_count_or_share(value: float) -> str:
-    """A number of the rankings table: a count (whole, above 1: prompts, pairs) as an integer, else as :func:`_fmt`.
-    metrics.json holds counts as floats, which would print as "63.000"."""
-    return f"{value:.0f}" if isinstance(value, int | float) and value > 1 and float(value).is_integer() else _fmt(value)
-
-
 def format_table(rows: dict[str, dict[str, float | None]], columns: list[tuple[str, str]] = COLUMNS) -> str:
     header = "| model | " + " | ".join(title for _, title in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
@@ -259,17 +253,21 @@ PREFERENCE_DATA: list[tuple[str, str, str]] = [
     ("reward", "pairwise_accuracy", "reward model: held-out pairwise accuracy"),
     ("reward", "base_pairwise_accuracy", "reward model before training (its untrained head)"),
 ]
+# The keys of PREFERENCE_DATA that count something: metrics.json holds them as floats ("63.000" in the table).
+PREFERENCE_COUNTS = frozenset({"rankings_ranked", "rankings_pairs", "rankings_dpo_pairs"})
 
 
-def collect_preference_data(run_dir: Path) -> list[tuple[str, float]]:
-    """What the preference stages learned from (:data:`PREFERENCE_DATA`), for the numbers a run has."""
+def collect_preference_data(run_dir: Path) -> list[tuple[str, float | int]]:
+    """What the preference stages learned from (:data:`PREFERENCE_DATA`), for the numbers a run has; counts
+    (:data:`PREFERENCE_COUNTS`) as integers."""
     metrics = {stage: _stage_metrics(run_dir, stage) for stage in {stage for stage, _, _ in PREFERENCE_DATA}}
     found = []
     for stage, key, title in PREFERENCE_DATA:
         value = metrics[stage].get(key)
         if value is not None:
             k = metrics[stage].get("pass_k")
-            found.append((title.replace("(pass@k)", f"(pass@{k:.0f})") if k else title, value))
+            found.append((title.replace("(pass@k)", f"(pass@{k:.0f})") if k else title,
+                          round(value) if key in PREFERENCE_COUNTS else value))
     return found
 
 
@@ -299,7 +297,7 @@ def build_report(run_dir: Path) -> Report:
     preference = collect_preference_data(run_dir)
     if preference:
         lines += ["## Rankings and reward model", "", "| | |", "|---|---:|"]
-        lines += [f"| {title} | {_fmt_count_or_share(value)} |" for title, value in preference]
+        lines += [f"| {title} | {value if isinstance(value, int) else _fmt(value)} |" for title, value in preference]
         lines += ["", "pass@k above the greedy correct fraction is the room RL has: answers the SFT model can give "
                   "but does not give first.", ""]
     if samples:
