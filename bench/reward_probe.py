@@ -6,6 +6,7 @@ against a wrong answer of the same form, scored by a trained reward stage.
     python bench/reward_probe.py RUN/reward --prompts FILE --limit 32
     python bench/reward_probe.py RUN/reward --likelihood RUN/sft   # also: does the SFT model's own likelihood?
     python bench/reward_probe.py RUN/reward --echo               # also: the correct answer against an echo
+    python bench/reward_probe.py RUN/reward --sentences          # also: the same pairs as full sentences
 
 For each prompt, :func:`lightalign.demo.build_probe_pairs` gives the correct concise answer ("Tokyo.") and a
 wrong one of its question family in the same form (another capital "Seoul.", a near-miss number, the other
@@ -21,7 +22,11 @@ adapter). It says whether the knowledge a probe asks for is in the model at all:
 ranks the correct answer first far more often than the reward model does, the reward model has not learned to
 read what its own trunk knows.
 
-``--echo`` adds a second set (:func:`lightalign.demo.build_echo_pairs`): each prompt about a named entity, its
+``--sentences`` adds the same pairs (the same wrong answers) in the form the SFT model mostly answers in, a full
+sentence ("The capital of Japan is Tokyo." against "... is Seoul."; ``build_probe_pairs(form="sentence")``): a
+reward model trained on the SFT model's own answers has seen that form far more often than the concise one.
+
+``--echo`` adds another set (:func:`lightalign.demo.build_echo_pairs`): each prompt about a named entity, its
 correct answer against the question's own word echoed ("Japan." for the capital of Japan): the answer a policy
 falls back to when a reward pays for what is easy to say (copying the question is likely). A reward model that
 reads correctness scores the echo lower.
@@ -98,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--echo", action="store_true", help="also: the correct answer against the question's own "
                         "word echoed (capitals, translations, opposites)")
+    parser.add_argument("--sentences", action="store_true", help="also: the same pairs as full sentences")
     parser.add_argument("--likelihood", metavar="MODEL", help="also score by the mean answer log-probability under "
                         "MODEL: a stage's run directory or adapter/ on the reward model's base, or 'base'")
     args = parser.parse_args()
@@ -105,6 +111,8 @@ def main() -> None:
     source = args.prompts or str(ensure_demo_data(seed=args.seed)["prompts"])
     prompts = [prompt_text(p.prompt) for p in load_prompt_examples(source, limit=args.limit)]
     sets = {"probe": build_probe_pairs(prompts, seed=args.seed)}
+    if args.sentences:
+        sets["sentence"] = build_probe_pairs(prompts, seed=args.seed, form="sentence")
     if args.echo:
         sets["echo"] = build_echo_pairs(prompts)
     pairs = [pair for members in sets.values() for pair in members]  # one model load scores every set
@@ -124,7 +132,8 @@ def main() -> None:
     for reading, margins in readings.items():
         for name, members in sets.items():
             result = probe(members, margins[name])
-            against = "a wrong answer of the same form" if name == "probe" else "the question's own word echoed"
+            against = {"probe": "a wrong answer of the same form", "echo": "the question's own word echoed",
+                       "sentence": "a wrong answer of the same form, both full sentences"}[name]
             print(f"\n{reading}: the correct answer against {against}")
             print_table(["family", "pairs", "correct scored higher", "mean margin"],
                         [[family, r["pairs"], r["correct_higher"], r["mean_margin"]] for family, r in result.items()])

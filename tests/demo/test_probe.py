@@ -58,3 +58,16 @@ def test_echo_pairs_set_the_answer_against_the_question_s_own_word(heldout: list
         assert word.lower() in pair.prompt.lower() and word != pair.correct.removesuffix("."), pair
     assert build_echo_pairs(["Name the capital city of Japan.", "What is 7 + 5?"]) == [
         ProbePair("Name the capital city of Japan.", "capital", "Tokyo.", "Japan.")]
+
+
+def test_sentence_pairs_are_the_same_pairs_as_full_sentences(heldout: list[str]) -> None:
+    concise, sentences = build_probe_pairs(heldout, seed=3), build_probe_pairs(heldout, seed=3, form="sentence")
+    assert [(p.prompt, p.family) for p in sentences] == [(p.prompt, p.family) for p in concise]
+    for short, long in zip(concise, sentences, strict=True):
+        q = parse_question(long.prompt)
+        assert long.correct == q.verbose() and long.wrong == q.verbose(short.wrong.removesuffix("."))
+        right, wrong = judge_parts(long.prompt, long.correct), judge_parts(long.prompt, long.wrong)
+        assert right.correct and not wrong.correct, long
+        assert len(long.correct.split()) == len(long.wrong.split()) or q.family == "capital", long
+    with pytest.raises(ValueError, match="form='bullet' is not one of concise, sentence"):
+        build_probe_pairs(heldout, form="bullet")

@@ -1,12 +1,16 @@
-"""Probe pairs: each demo prompt's correct concise answer against a wrong answer of the same form.
+"""Probe pairs: each demo prompt's correct answer against a wrong answer of the same form.
 
 A reward model that scores the correct answer higher reads correctness; one that scores them alike reads
 only the form (length, punctuation), which is all PPO could then learn. ``bench/reward_probe.py`` runs the
-probe on a reward stage.
+probe on a reward stage. The answers are concise ("Tokyo.") or, with ``form="sentence"``, the full sentence the
+SFT model mostly answers in ("The capital of Japan is Tokyo."): a reward model trained on the SFT model's own
+answers has seen that form far more often than the concise one.
 
 Example:
     >>> build_probe_pairs(["What is the capital of Japan?", "What is 7 + 5?"], seed=0)[1]
     ProbePair(prompt='What is 7 + 5?', family='arithmetic', correct='12.', wrong='13.')
+    >>> build_probe_pairs(["What is 7 + 5?"], seed=0, form="sentence")[0].wrong
+    '7 plus 5 equals 13.'
 """
 
 from __future__ import annotations
@@ -28,18 +32,28 @@ class ProbePair:
     wrong: str
 
 
-def build_probe_pairs(prompts: Sequence[str], seed: int = 0) -> list[ProbePair]:
+PROBE_FORMS = ("concise", "sentence")
+
+
+def build_probe_pairs(prompts: Sequence[str], seed: int = 0, form: str = "concise") -> list[ProbePair]:
     """One :class:`ProbePair` per demo prompt; the wrong answer is of the prompt's family (another capital or
-    word, the other option of a comparison, a near-miss number), drawn with ``seed``.
+    word, the other option of a comparison, a near-miss number), drawn with ``seed``; the same wrong answers in
+    either ``form`` (:data:`PROBE_FORMS`): ``"Seoul."`` or ``"The capital of Japan is Seoul."``.
 
     Raises:
-        ValueError: If a prompt is not a demo prompt.
+        ValueError: If a prompt is not a demo prompt, or ``form`` is not one of :data:`PROBE_FORMS`.
     """
+    if form not in PROBE_FORMS:
+        raise ValueError(f"form={form!r} is not one of {', '.join(PROBE_FORMS)}")
     rng = random.Random(seed)
     pairs = []
     for prompt in prompts:
         q = parse_question(prompt)
-        pairs.append(ProbePair(prompt, q.family, f"{q.answer}.", f"{wrong_answer(q, rng)}."))
+        wrong = wrong_answer(q, rng)
+        if form == "sentence":
+            pairs.append(ProbePair(prompt, q.family, q.verbose(), q.verbose(wrong)))
+        else:
+            pairs.append(ProbePair(prompt, q.family, f"{q.answer}.", f"{wrong}."))
     return pairs
 
 
