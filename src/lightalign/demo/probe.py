@@ -24,7 +24,8 @@ from lightalign.demo.questions import parse_question, wrong_answer
 
 @dataclass(frozen=True)
 class ProbePair:
-    """One prompt's correct concise answer (``"Tokyo."``) and a wrong one of the same form (``"Seoul."``)."""
+    """One prompt's correct answer (``"Tokyo."``) and a wrong one of the same form (``"Seoul."``), both concise or
+    both full sentences."""
 
     prompt: str
     family: str
