@@ -191,3 +191,71 @@ def test_a_pipeline_gives_its_stages_its_own_overrides_before_the_users(tmp_path
     assert cli(["validate", "pipeline/dpo", "model=tiny-random"]) == 0
     sft_config = capsys.readouterr().out.split("# ---- ")[1]
     assert "gradient_checkpointing: false" in sft_config
+
+
+# A stand-in stage: records its pid in its run directory, then works (sleeps) until stopped; with
+# STAND_IN_WORK unset it finishes at once, as a resumed stage would.
+_SLEEPING_STAGE = """import os, sys, time
+from pathlib import Path
+out = Path(next(a for a in sys.argv if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+out.mkdir(parents=True, exist_ok=True)
+if os.environ.get("STAND_IN_WORK"):
+    (out / "pid").write_text(str(os.getpid()))
+    time.sleep(120)
+"""
+
+_PIPELINE = """import sys
+from pathlib import Path
+import lightalign.pipeline as pipeline
+pipeline.recipes_dir = lambda: Path(sys.argv[1])
+from lightalign.cli import main
+sys.exit(main(["run", "full", *sys.argv[2:]]))
+"""
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("jobs", "signum"), [(1, "SIGTERM"), (2, "SIGINT")])
+def test_a_stopped_pipeline_stops_its_stages_and_resumes(tmp_path, jobs, signum, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for stage in ("sft", "reward"):
+        (recipes / f"{stage}.py").write_text(_SLEEPING_STAGE)
+    run_dir = tmp_path / "run"
+    # jobs=2: sft and reward side by side (the reward model from a fresh adapter needs nothing of SFT's)
+    args = [sys.executable, "-c", _PIPELINE, str(recipes), f"hydra.run.dir={run_dir}", "stages=[sft,reward]",
+            f"jobs={jobs}", "reward.reward.init_adapter=null"]
+    started = ["sft", "reward"][:jobs]
+    pipeline = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "STAND_IN_WORK": "1"})
+    deadline = time.time() + 120
+    while not all((run_dir / s / "pid").exists() for s in started):
+        assert pipeline.poll() is None and time.time() < deadline, pipeline.communicate()
+        time.sleep(0.2)
+    pids = {s: int((run_dir / s / "pid").read_text()) for s in started}
+    pipeline.send_signal(getattr(signal, signum))
+    _, err = pipeline.communicate(timeout=60)
+    assert pipeline.returncode == 128 + getattr(signal, signum)
+    assert f"full stopped by {signum}; stopped {', '.join(started)} (recorded as interrupted" in err
+    assert not any(_alive(pid) for pid in pids.values())  # no stage left running, writing into the run
+    state = _state(run_dir)
+    assert all(state[s]["status"] == "interrupted" for s in started) and set(state) == set(started)
+
+    monkeypatch.delenv("STAND_IN_WORK", raising=False)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120)  # the same command resumes
+    assert again.returncode == 0, again.stderr
+    assert all(record["status"] == "done" for record in _state(run_dir).values())

@@ -68,3 +68,44 @@ def test_what_cannot_be_used_is_one_config_error_line(tmp_path, make, kwargs, me
     with pytest.raises(ConfigError, match=message) as caught:
         StageRun.open(root, **kwargs)
     assert "\n" not in str(caught.value)
+
+
+def _holder(path):
+    """Another process holding ``path`` (as a run writing it would); it prints ``held`` once it does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom lightalign.rundir import hold_run_directory\n"
+            "hold_run_directory(sys.argv[1]); print('held', flush=True); time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):
+    from lightalign.rundir import RunDirectoryBusy, hold_run_directory
+
+    holder = _holder(tmp_path)
+    try:
+        with pytest.raises(RunDirectoryBusy, match=f"{tmp_path} is in use by pid {holder.pid}: .*hydra.run.dir"):
+            hold_run_directory(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_run_directory(tmp_path)  # the lock went with the killed process: nothing stale is left behind
+    hold_run_directory(tmp_path)  # this process holds it already: a recipe run twice in one process is fine
+    assert (tmp_path / ".lightalign.lock").read_text() == f"pid {__import__('os').getpid()}\n"
+
+
+def test_a_stage_into_a_directory_another_run_writes_is_a_one_line_error(tmp_path, capsys):
+    from lightalign.cli import main as cli
+
+    holder = _holder(tmp_path)
+    try:
+        assert cli(["run", "sft", "model=tiny-random", f"hydra.run.dir={tmp_path}"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is in use by pid {holder.pid}" in err[0]
+    assert not (tmp_path / "config.yaml").exists()  # it stopped before writing anything

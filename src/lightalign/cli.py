@@ -93,13 +93,16 @@ def run_recipe(target: str, overrides: list[str]) -> int:
 
 def run_pipeline_command(name: str, overrides: list[str]) -> int:
     from lightalign.commands.sweep import is_multirun
-    from lightalign.pipeline import run_pipeline
+    from lightalign.pipeline import PipelineInterrupted, run_pipeline
 
     if is_multirun(overrides):
         return _fail("sweeps (-m) run one stage at a time: lightalign run <stage> -m key=a,b")
     run_dir = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("hydra.run.dir=")), None)
     try:
         run_pipeline(name, overrides, run_dir)
+    except PipelineInterrupted as err:
+        print(f"lightalign: {err}", file=sys.stderr)
+        return err.exit_code
     except LightalignError as err:
         return _fail(str(err))
     return 0

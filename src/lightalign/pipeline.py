@@ -15,6 +15,10 @@ before the user's (:func:`pipeline_overrides`). ``lightalign run full [overrides
   matches a finished run is skipped; an interrupted stage resumes from its own checkpoints; a stage
   whose config, or any upstream stage, changed is re-run from scratch;
 - ends by writing ``DIR/report.md`` / ``report.json`` (:mod:`lightalign.report`).
+
+Stopped (Ctrl-C, or SIGTERM from ``kill``, ``timeout`` or a job scheduler), it stops the stages it started,
+records them as ``interrupted`` and exits 130 / 143: no stage is left running, writing into a directory the
+next run resumes from (a second run into a held directory fails: :func:`~lightalign.rundir.hold_run_directory`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +40,7 @@ from omegaconf import OmegaConf
 
 from lightalign.errors import ConfigError, LightalignError
 from lightalign.paths import conf_dir, recipes_dir
-from lightalign.rundir import read_json, read_manifest, write_json_atomic
+from lightalign.rundir import hold_run_directory, read_json, read_manifest, write_json_atomic
 
 # stage -> (recipe file, primary config)
 STAGE_RECIPES: dict[str, tuple[str, str]] = {
@@ -58,8 +66,28 @@ HANDOFF: dict[str, dict[str, str]] = {
 STATE_FILE = "pipeline.json"
 
 
+# how long stopped stages get to exit before they are killed
+STOP_GRACE_SECONDS = 30.0
+
+
 class StageFailed(LightalignError):
     """A stage's process exited non-zero."""
+
+
+class PipelineInterrupted(LightalignError):
+    """The pipeline was stopped by a signal; its stages were stopped and recorded as ``interrupted``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+class _Stopped(KeyboardInterrupt):
+    """Raised in the pipeline's main thread by the signal that stops it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -239,6 +267,7 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
     planned = plan_pipeline(pipeline, passthrough, run_dir)
     jobs = _parse_jobs(jobs_value)
     run_dir.mkdir(parents=True, exist_ok=True)
+    hold_run_directory(run_dir)  # before reading its state: another run may be writing it
     state_path = run_dir / STATE_FILE
     state = read_json(state_path) or {"pipeline": pipeline, "stages": {}}
 
@@ -255,6 +284,30 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
 
     running: dict[str, _Running] = {}
     failures: list[str] = []
+    try:
+        with _signals_stop():
+            _run_stages(pipeline, run_dir, state, state_path, waiting, running, finished, failures, jobs)
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, _Stopped) else signal.SIGINT
+        stopped = _stop_stages(running, state, state_path)
+        raise PipelineInterrupted(
+            f"{pipeline} stopped by {signal.Signals(signum).name}"
+            + (f"; stopped {', '.join(stopped)} (recorded as interrupted in {state_path})" if stopped else "")
+            + "; re-run the same command to resume", signum) from None
+    if failures:
+        raise StageFailed("; ".join(failures) + "; fix it and re-run the same command to resume")
+    from lightalign.report import build_report
+
+    report = build_report(run_dir)
+    print(report.table_markdown)
+    print(f"lightalign: {pipeline} finished; report: {report.path}")
+    return run_dir
+
+
+def _run_stages(pipeline: str, run_dir: Path, state: dict, state_path: Path, waiting: list[PlannedStage],
+                running: dict[str, _Running], finished: set[str], failures: list[str], jobs: int) -> None:
+    """Start the stages whose inputs are ready, at most ``jobs`` at once, until none is left or one failed;
+    ``running`` always holds the stages started and not yet ended (what an interruption must stop)."""
     while waiting or running:
         ready = [s for s in waiting if all(up in finished for up in s.upstream)] if not failures else []
         ready = ready[: max(jobs - len(running), 0)]
@@ -284,14 +337,61 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
         finished.add(name)
         if job.log is not None:
             print(f"lightalign: {pipeline}: {name} finished in {seconds:.0f} s", flush=True)
-    if failures:
-        raise StageFailed("; ".join(failures) + "; fix it and re-run the same command to resume")
-    from lightalign.report import build_report
 
-    report = build_report(run_dir)
-    print(report.table_markdown)
-    print(f"lightalign: {pipeline} finished; report: {report.path}")
-    return run_dir
+
+@contextmanager
+def _signals_stop() -> Iterator[None]:
+    """Inside the block SIGTERM raises in the main thread as Ctrl-C's SIGINT does (:class:`_Stopped`), so that
+    both stop the stages rather than leave them running; outside it the handlers are as found."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread; a pipeline run elsewhere keeps the defaults
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_stages(running: dict[str, _Running], state: dict, state_path: Path) -> list[str]:
+    """Stop the stages still running (SIGTERM, then SIGKILL after :data:`STOP_GRACE_SECONDS`), wait for each and
+    record it; returns the names of those stopped. A stage that had already ended is recorded as it ended.
+
+    Stages resume from their checkpoints, which are written atomically, so stopping one at any point loses at
+    most the steps since its last checkpoint. A second Ctrl-C while they stop is ignored: it would leave them
+    running.
+    """
+    ignored = {}
+    if threading.current_thread() is threading.main_thread():
+        ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ended = {name: job.process.poll() for name, job in running.items()}
+        for name, job in running.items():
+            if ended[name] is None:
+                job.process.terminate()
+        deadline = time.time() + STOP_GRACE_SECONDS
+        stopped = []
+        for name, job in running.items():
+            try:
+                code = job.process.wait(timeout=max(deadline - time.time(), 0.0))
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                code = job.process.wait()
+            status = "interrupted" if ended[name] is None else ("done" if code == 0 else "failed")
+            if status == "interrupted":
+                stopped.append(name)
+            state["stages"][name].update(status=status, exit_code=code, seconds=round(time.time() - job.started, 1))
+        running.clear()
+        write_json_atomic(state_path, state)
+        return stopped
+    finally:
+        for sig, handler in ignored.items():
+            signal.signal(sig, handler)
 
 
 def _start_stage(pipeline: str, step: PlannedStage, run_dir: Path, state: dict, state_path: Path, *,

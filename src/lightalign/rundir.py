@@ -9,6 +9,7 @@
     DIR/logs/metrics.jsonl every logged training metric
     DIR/checkpoints/      resumable checkpoints
     DIR/manifest.json     what the stage produced, for the next stage; written last (= stage complete)
+    DIR/.lightalign.lock  held by the run writing DIR (:func:`hold_run_directory`)
 
 A later stage reads an earlier one's output through :class:`StageRun`.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,47 @@ MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: what makes a folder an adapter
 LOG = Path("logs") / "metrics.jsonl"
+LOCK = ".lightalign.lock"
+
+# run directories this process holds: path -> the open lock file (the lock lives as long as the file is open)
+_held: dict[Path, Any] = {}
+
+
+class RunDirectoryBusy(ConfigError):
+    """Another process is writing the run directory (a run started twice, or a stage a killed pipeline left)."""
+
+
+def hold_run_directory(path: Path) -> None:
+    """Lock ``path`` for this process's life: a second run into the same directory fails with one line.
+
+    Two processes writing one run directory overwrite each other's checkpoints and logs, and the resumed run
+    that follows is silently wrong. The lock is the kernel's (``flock`` on ``DIR/.lightalign.lock``): it goes
+    when the process ends, however it ends, so a killed run never leaves a stale lock behind. Holding a
+    directory this process already holds is a no-op (a recipe run twice in one process, as the tests do).
+    Where ``fcntl`` does not exist (Windows) nothing is locked.
+
+    Raises:
+        RunDirectoryBusy: another process holds ``path``; the message names its pid.
+    """
+    path = Path(path).resolve()
+    if path in _held or sys.platform == "win32":
+        return
+    import fcntl
+
+    handle = (path / LOCK).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirectoryBusy(f"{path} is in use by {holder}: wait for it to finish (or stop it), or give "
+                               "another hydra.run.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    _held[path] = handle
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -11,16 +11,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lightalign.distributed import is_main_process
-from lightalign.rundir import CONFIG, write_manifest, write_metrics
+from lightalign.rundir import CONFIG, hold_run_directory, write_manifest, write_metrics
 
 # Keys that change how a run executes but not what it produces: they do not invalidate a finished stage.
 _VOLATILE_KEYS = ("trainer.resume", "trainer.report_to", "eval.batch_size")
 
 
 def run_directory() -> Path:
-    """The Hydra run directory (``hydra.run.dir``), created."""
+    """The Hydra run directory (``hydra.run.dir``), created and held by this run (:func:`hold_run_directory`;
+    under a multi-process launcher by rank 0, which writes it)."""
     path = Path(HydraConfig.get().runtime.output_dir)
     path.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        hold_run_directory(path)
     return path
 
 
