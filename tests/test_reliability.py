@@ -61,6 +61,28 @@ def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path, capsys, ki
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a), _max_difference(a, b)
 
 
+def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(tmp_path, capsys):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "sft"
+    command = [*_command("sft", out, ["trainer.max_steps=200"])]  # far more steps than it gets to run
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while find_resume_checkpoint(out) is None and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    # (on a line a progress bar shares, which may also redraw after it as the process exits)
+    assert "lightalign: interrupted; re-run the same command to resume from the last checkpoint\n" in err
+    assert "Traceback" not in err and not (out / "manifest.json").exists()
+    capsys.readouterr()
+    assert cli(["run", "sft", *_overrides("sft", out, ["trainer.max_steps=4"])]) == 0  # resumes
+    assert "resuming from" in capsys.readouterr().out
+
+
 def test_torn_checkpoint_is_skipped(tmp_path):
     root = tmp_path / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False)):

@@ -56,8 +56,12 @@ def _is_user_error(err: Exception) -> bool:
     return isinstance(err, LightalignError | OmegaConfBaseException)
 
 
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+
+
 def report_errors(func: F) -> F:
-    """Turn :class:`LightalignError` into one line on stderr and exit code 2.
+    """Turn :class:`LightalignError` into one line on stderr and exit code 2, and Ctrl-C into one line and 130
+    (a stage resumes from its last checkpoint: nothing more to say than how).
 
     Set ``LIGHTALIGN_DEBUG=1`` to get the full stack trace instead.
     """
@@ -66,6 +70,12 @@ def report_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            if os.environ.get("LIGHTALIGN_DEBUG"):
+                raise
+            print("lightalign: interrupted; re-run the same command to resume from the last checkpoint",
+                  file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception as err:
             if os.environ.get("LIGHTALIGN_DEBUG") or not _is_user_error(err):
                 raise

@@ -79,7 +79,7 @@ class PipelineInterrupted(LightalignError):
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
-        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C (EXIT_INTERRUPTED), 143 for SIGTERM
 
 
 class _Stopped(KeyboardInterrupt):
