@@ -169,14 +169,17 @@ def test_command_reports_bad_data_in_one_line(tmp_path, capsys, stage, overrides
     ("overrides", "expected"),
     [
         (["lora.rnak=8"], "Key 'rnak' not in 'LoraSettings'"),  # unknown key
+        (["trainer.max_step=2"], "Key 'max_step' not in 'TrainerSettings'); did you mean trainer.max_steps?"),
         (["trainer.max_steps=ten"], "Value 'ten' of type 'str' could not be converted to Integer"),  # wrong type
-        (["lora.r=abc"], "full_key: lora.r"),
-        (["quant=nf5"], "Available options in 'quant'"),  # unknown option
+        (["lora.r=abc"], "Error merging override lora.r=abc"),
+        (["quant=nf5"], "Could not find 'quant/nf5'; valid: nf4, none"),  # unknown option
+        ([f"data.train={Path('missing.jsonl').resolve()}"], "missing.jsonl: file not found"),
     ],
 )
 def test_command_reports_bad_config_before_anything_runs(tmp_path, capsys, overrides, expected):
     out = tmp_path / "out"
     code = cli(["run", "sft", "model=tiny-random", f"hydra.run.dir={out}", *overrides])
     err = capsys.readouterr().err
-    assert code != 0 and expected in err and "Traceback" not in err
-    assert not out.exists()  # Hydra refused the config before the run directory was made
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("lightalign: error: ")  # one line, before any model loads
+    assert not out.exists()  # refused before the run directory was made

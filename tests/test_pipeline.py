@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,8 @@ def test_unknown_keys_and_pipelines_fail_early():
         route_overrides(["trainr.max_steps=2"], ["sft"], KEYS)
     with pytest.raises(ConfigError, match="valid: dpo, full, grpo, rlhf"):
         load_stages("nope")
+    with pytest.raises(ConfigError, match=r"^stage sft: .*'max_step'.*; did you mean trainer.max_steps\?$"):
+        plan(["sft", "dpo"], ["trainer.max_step=2"], Path("outputs/RUN"))  # composed as a stage's own run is
     assert {"rlhf", "dpo", "full", "grpo"} <= set(pipeline_names())
     assert load_stages("full") == ["sft", "rankings", "reward", "ppo", "dpo"]
     assert load_stages("rlhf") == ["sft", "rankings", "reward", "ppo"]

@@ -78,6 +78,19 @@ def run_recipe(target: str, overrides: list[str]) -> int:
         config_args = ["--config-name", config_name]
         if not recipe.is_file():
             return _fail(f"the {target} recipe ({recipe}) does not exist")
+    if not is_multirun(overrides):
+        # The config first, as `validate` checks it: a misspelt key, a bad value or a missing data file is one line
+        # (Hydra's own error is several, and suggests `+key=` for a typo) before any model is loaded or converted.
+        from lightalign.commands.validate import compose_checked, recipe_config_source
+        from lightalign.config.compose import ConfigSource
+
+        source, checked = (recipe_config_source(recipe, overrides) if target.endswith(".py")
+                           else (ConfigSource(conf_dir(), config_args[1], target), overrides))
+        if not any(arg.startswith("-") for arg in checked):  # Hydra's own flags (--config-dir, --cfg ...): its call
+            try:
+                compose_checked(source, checked)
+            except LightalignError as err:
+                return _fail(str(err))
     if is_multirun(overrides) and not any(o.startswith("+hydra.callbacks.lightalign_sweep") for o in overrides):
         overrides = [*overrides, CALLBACK_OVERRIDE]  # frees memory between jobs, prints the results table
     saved_argv = sys.argv
@@ -122,7 +135,8 @@ def run_command(target: str, overrides: list[str]) -> int:
 
 def validate_command(target: str, overrides: list[str]) -> int:
     """Print the resolved config(s) of a stage, a recipe file or every stage of a pipeline."""
-    from lightalign.commands.validate import ConfigSource, compose_checked, recipe_config_source, render_config
+    from lightalign.commands.validate import compose_checked, recipe_config_source, render_config
+    from lightalign.config.compose import ConfigSource
 
     run_dir = None  # a pipeline's: the files its stages hand each other do not exist yet
     if target.endswith(".py"):

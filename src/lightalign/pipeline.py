@@ -137,19 +137,9 @@ def plan_pipeline(pipeline: str, overrides: list[str], run_dir: Path) -> list[Pl
 
 
 def _compose(stage: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from lightalign.config.compose import ConfigSource, compose_config
 
-    from lightalign.config import register_configs
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose(config_name=STAGE_RECIPES[stage][1], overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        cause = err.__cause__ or err
-        raise ConfigError(f"stage {stage}: {str(err).splitlines()[0]} ({str(cause).splitlines()[0]})") from None
+    return compose_config(ConfigSource(conf_dir(), STAGE_RECIPES[stage][1], f"stage {stage}"), overrides)
 
 
 def route_overrides(overrides: list[str], stages: list[str], top_keys: dict[str, set[str]]) -> dict[str, list[str]]:

@@ -41,7 +41,7 @@ def test_a_pipeline_validates_although_the_files_its_stages_hand_on_do_not_exist
         (["model=nope"], "tiny-random"),
         (["data=jsonl"], "key: data.train"),  # mandatory value left unset
         (["data.train=missing.jsonl"], "data.train=missing.jsonl: file not found"),
-        (["model.name_or_path=./no/such/model"], "model folder does not exist"),
+        (["model.name_or_path=./no/such/model"], "model folder ./no/such/model does not exist (model.name_or_path)"),
         (["trainer.report_to=comet"], "valid: none, tensorboard, wandb, mlflow"),
     ],
 )

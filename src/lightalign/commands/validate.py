@@ -12,25 +12,15 @@ mandatory (``???``) is left, and the local files it names exist. Prints the reso
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from lightalign.config.compose import ConfigSource, compose_config, config_errors_in_one_line
 from lightalign.data.readers import LOCAL_SUFFIXES
 from lightalign.errors import ConfigError, DataError, ModelNotFoundError
 
 DATA_KEYS = ("data.train", "data.eval", "data.prompts")
-
-
-@dataclass
-class ConfigSource:
-    """Where a recipe's configs live and which primary config it composes."""
-
-    config_dir: Path
-    config_name: str
-    label: str
 
 
 def recipe_config_source(recipe: Path, overrides: list[str]) -> tuple[ConfigSource, list[str]]:
@@ -67,39 +57,11 @@ def compose_checked(source: ConfigSource, overrides: list[str], produced_under: 
     Raises:
         ConfigError: naming the first problem, in one line.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    from lightalign.config import register_configs
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(source.config_dir), version_base="1.3"):
-            cfg = compose(config_name=source.config_name, overrides=overrides)
+    cfg = compose_config(source, overrides)
+    with config_errors_in_one_line(source):
         OmegaConf.to_object(cfg)  # types, schema checks (__post_init__), and `???` left unset
-    except (HydraException, OmegaConfBaseException) as err:
-        cause = err.__cause__ if err.__cause__ and str(err.__cause__) not in str(err) else None
-        message = str(err).strip().splitlines()[0] + (f" ({str(cause).strip().splitlines()[0]})" if cause else "")
-        key = getattr(err, "full_key", None)  # OmegaConf names the key on a second line: keep it on the first
-        options = _available_options(str(err))
-        message += (f" [key: {key}]" if key else "") + (f"; valid: {', '.join(options)}" if options else "")
-        raise ConfigError(f"{source.label}: {message}") from None
     check_local_paths(cfg, produced_under)
     return cfg
-
-
-def _available_options(message: str) -> list[str]:
-    """The options Hydra lists, one per indented line, after "Available options in 'group':"."""
-    lines = message.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
-    if start is None:
-        return []
-    options = []
-    for line in lines[start + 1 :]:
-        if not line.startswith(("\t", " ")) or not line.strip():
-            break
-        options.append(line.strip())
-    return options
 
 
 def check_local_paths(cfg: DictConfig, produced_under: Path | None = None) -> None:
@@ -118,7 +80,7 @@ def check_local_paths(cfg: DictConfig, produced_under: Path | None = None) -> No
                 raise DataError(f"{key}={value}", "file not found")
     model = OmegaConf.select(cfg, "model.name_or_path")
     if isinstance(model, str) and model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
-        raise ModelNotFoundError(f"model.name_or_path={model}: model folder does not exist")
+        raise ModelNotFoundError(f"model folder {model} does not exist (model.name_or_path)")
 
 
 def render_config(cfg: DictConfig) -> str:
