@@ -141,6 +141,17 @@ def test_a_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch, jobs):
         assert reward["log"] is None
 
 
+def test_a_run_without_its_directory_named_says_which_to_resume(tmp_path, monkeypatch):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "sft.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.setattr(pipeline_module, "recipes_dir", lambda: recipes)
+    monkeypatch.chdir(tmp_path)
+    # no hydra.run.dir: the same command again would start a new timestamped run, so the error names this one
+    with pytest.raises(StageFailed, match=r"fix it and re-run it with hydra.run.dir=\S+/outputs/full/\S+ to resume$"):
+        run_pipeline("full", ["stages=[sft]"])
+
+
 @pytest.mark.slow
 def test_side_by_side_stages_keep_their_own_output_and_a_failure_loses_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pipeline_module, "_cpu_count", lambda: 4)

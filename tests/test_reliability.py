@@ -61,22 +61,28 @@ def test_sigkill_then_same_command_equals_uninterrupted_run(tmp_path, capsys, ki
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a), _max_difference(a, b)
 
 
-def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(tmp_path, capsys):
+@pytest.mark.parametrize("named", [True, False], ids=["hydra.run.dir given", "default directory"])
+def test_ctrl_c_is_one_line_exit_130_and_says_how_to_resume(tmp_path, capsys, named):
     import signal
     import subprocess
     import time
 
-    out = tmp_path / "sft"
-    command = [*_command("sft", out, ["trainer.max_steps=200"])]  # far more steps than it gets to run
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    given = tmp_path / "sft"
+    command = _command("sft", given, ["trainer.max_steps=200"])  # far more steps than it gets to run
+    if not named:  # the default, outputs/sft/<time> under the working directory
+        command = [arg for arg in command if not arg.startswith("hydra.run.dir=")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.time() + 300
+    out = given
     while find_resume_checkpoint(out) is None and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
+        out = given if named else next((tmp_path / "outputs" / "sft").glob("*"), given)
     process.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
+    hint = "re-run the same command to resume" if named else f"re-run it with hydra.run.dir={out} to resume"
     # (on a line a progress bar shares, which may also redraw after it as the process exits)
-    assert "lightalign: interrupted; re-run the same command to resume from the last checkpoint\n" in err
+    assert f"lightalign: interrupted; {hint} from the last checkpoint\n" in err
     assert "Traceback" not in err and not (out / "manifest.json").exists()
     capsys.readouterr()
     assert cli(["run", "sft", *_overrides("sft", out, ["trainer.max_steps=4"])]) == 0  # resumes

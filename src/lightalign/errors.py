@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 EXIT_USER_ERROR = 2
@@ -59,6 +60,24 @@ def _is_user_error(err: Exception) -> bool:
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 
+def resume_hint(run_dir: Path | str | None, *, named: bool) -> str:
+    """How to resume a stopped run: the same command when it named its directory (``hydra.run.dir=``), else that
+    directory (the same command without it would start a new, timestamped run)."""
+    if named or run_dir is None:
+        return "re-run the same command to resume"
+    return f"re-run it with hydra.run.dir={run_dir} to resume"
+
+
+def _hydra_run_dir() -> tuple[str | None, bool]:
+    """The running Hydra job's output directory and whether the command named it; ``(None, True)`` outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, True
+    config = HydraConfig.get()
+    return config.runtime.output_dir, any(o.startswith("hydra.run.dir=") for o in config.overrides.hydra)
+
+
 def report_errors(func: F) -> F:
     """Turn :class:`LightalignError` into one line on stderr and exit code 2, and Ctrl-C into one line and 130
     (a stage resumes from its last checkpoint: nothing more to say than how).
@@ -73,7 +92,8 @@ def report_errors(func: F) -> F:
         except KeyboardInterrupt:
             if os.environ.get("LIGHTALIGN_DEBUG"):
                 raise
-            print("lightalign: interrupted; re-run the same command to resume from the last checkpoint",
+            run_dir, named = _hydra_run_dir()
+            print(f"lightalign: interrupted; {resume_hint(run_dir, named=named)} from the last checkpoint",
                   file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
         except Exception as err:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lightalign.errors import ConfigError, LightalignError
+from lightalign.errors import ConfigError, LightalignError, resume_hint
 from lightalign.paths import conf_dir, recipes_dir
 from lightalign.rundir import hold_run_directory, read_json, read_manifest, write_json_atomic
 
@@ -253,6 +253,7 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
     """
     passthrough = [o for o in overrides if not o.startswith("hydra.run.dir=")]
     jobs_value, passthrough = _pop_option(passthrough, "jobs")
+    named = run_dir is not None  # else a new timestamped directory: resuming must name this one
     run_dir = (run_dir or default_run_dir(pipeline)).resolve()
     planned = plan_pipeline(pipeline, passthrough, run_dir)
     jobs = _parse_jobs(jobs_value)
@@ -283,9 +284,9 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
         raise PipelineInterrupted(
             f"{pipeline} stopped by {signal.Signals(signum).name}"
             + (f"; stopped {', '.join(stopped)} (recorded as interrupted in {state_path})" if stopped else "")
-            + "; re-run the same command to resume", signum) from None
+            + f"; {resume_hint(run_dir, named=named)}", signum) from None
     if failures:
-        raise StageFailed("; ".join(failures) + "; fix it and re-run the same command to resume")
+        raise StageFailed("; ".join(failures) + f"; fix it and {resume_hint(run_dir, named=named)}")
     from lightalign.report import build_report
 
     report = build_report(run_dir)
