@@ -14,7 +14,17 @@ def test_resume_names_the_directory_only_when_the_command_did_not():
     assert resume_hint(None, named=False) == "re-run the same command to resume"
 
 
-def test_ctrl_c_outside_a_hydra_run_is_one_line_and_exit_130(capsys):
+@pytest.mark.parametrize("hydra_state", ["none", "composed"])
+def test_ctrl_c_outside_a_hydra_run_is_one_line_and_exit_130(capsys, monkeypatch, hydra_state):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    # none: no Hydra job ever ran in this process; composed: a config composed outside a run (lightalign validate,
+    # run's pre-flight) left Hydra's global config set, with no output directory in it
+    hydra = OmegaConf.create({"runtime": {"output_dir": "???"}, "overrides": {"hydra": []}})
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None if hydra_state == "none" else OmegaConf.create(
+        {"hydra": hydra}))
+
     @report_errors
     def stage() -> None:
         raise KeyboardInterrupt

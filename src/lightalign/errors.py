@@ -74,8 +74,11 @@ def _hydra_run_dir() -> tuple[str | None, bool]:
 
     if not HydraConfig.initialized():
         return None, True
-    config = HydraConfig.get()
-    return config.runtime.output_dir, any(o.startswith("hydra.run.dir=") for o in config.overrides.hydra)
+    try:  # a config composed outside a run (``compose``) has no output directory: then say nothing of one
+        config = HydraConfig.get()
+        return config.runtime.output_dir, any(o.startswith("hydra.run.dir=") for o in config.overrides.hydra)
+    except Exception:  # omegaconf's MissingMandatoryValue and kin
+        return None, True
 
 
 def report_errors(func: F) -> F:
