@@ -78,7 +78,10 @@ def run_recipe(target: str, overrides: list[str]) -> int:
         config_args = ["--config-name", config_name]
         if not recipe.is_file():
             return _fail(f"the {target} recipe ({recipe}) does not exist")
-    if not is_multirun(overrides):
+    if is_multirun(overrides):
+        if not any(o.startswith("+hydra.callbacks.lightalign_sweep") for o in overrides):
+            overrides = [*overrides, CALLBACK_OVERRIDE]  # frees memory between jobs, prints the results table
+    else:
         # The config first, as `validate` checks it: a misspelt key, a bad value or a missing data file is one line
         # (Hydra's own error is several, and suggests `+key=` for a typo) before any model is loaded or converted.
         from lightalign.commands.validate import compose_checked, recipe_config_source
@@ -91,8 +94,6 @@ def run_recipe(target: str, overrides: list[str]) -> int:
                 compose_checked(source, checked)
             except LightalignError as err:
                 return _fail(str(err))
-    if is_multirun(overrides) and not any(o.startswith("+hydra.callbacks.lightalign_sweep") for o in overrides):
-        overrides = [*overrides, CALLBACK_OVERRIDE]  # frees memory between jobs, prints the results table
     saved_argv = sys.argv
     sys.argv = [str(recipe), *config_args, *overrides]
     try:

@@ -31,10 +31,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -276,7 +277,7 @@ def run_pipeline(pipeline: str, overrides: list[str], run_dir: Path | None = Non
     running: dict[str, _Running] = {}
     failures: list[str] = []
     try:
-        with _signals_stop():
+        with _signal_handlers(_raise_stopped):
             _run_stages(pipeline, run_dir, state, state_path, waiting, running, finished, failures, jobs)
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, _Stopped) else signal.SIGINT
@@ -331,22 +332,24 @@ def _run_stages(pipeline: str, run_dir: Path, state: dict, state_path: Path, wai
 
 
 @contextmanager
-def _signals_stop() -> Iterator[None]:
-    """Inside the block SIGTERM raises in the main thread as Ctrl-C's SIGINT does (:class:`_Stopped`), so that
-    both stop the stages rather than leave them running; outside it the handlers are as found."""
+def _signal_handlers(handler: Callable[[int, Any], None] | signal.Handlers) -> Iterator[None]:
+    """Inside the block SIGINT and SIGTERM go to ``handler``; after it, to the handlers found. Only the main
+    thread can set handlers: a pipeline run from another thread keeps the defaults."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set in the main thread; a pipeline run elsewhere keeps the defaults
+        yield
         return
-
-    def stop(signum: int, frame: object) -> None:
-        raise _Stopped(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, found in previous.items():
+            signal.signal(sig, found)
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    """SIGTERM raises in the main thread as Ctrl-C's SIGINT does (:class:`_Stopped`), so that both stop the stages
+    rather than leave them running."""
+    raise _Stopped(signum)
 
 
 def _stop_stages(running: dict[str, _Running], state: dict, state_path: Path) -> list[str]:
@@ -357,10 +360,7 @@ def _stop_stages(running: dict[str, _Running], state: dict, state_path: Path) ->
     most the steps since its last checkpoint. A second Ctrl-C while they stop is ignored: it would leave them
     running.
     """
-    ignored = {}
-    if threading.current_thread() is threading.main_thread():
-        ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _signal_handlers(signal.SIG_IGN):
         ended = {name: job.process.poll() for name, job in running.items()}
         for name, job in running.items():
             if ended[name] is None:
@@ -380,9 +380,6 @@ def _stop_stages(running: dict[str, _Running], state: dict, state_path: Path) ->
         running.clear()
         write_json_atomic(state_path, state)
         return stopped
-    finally:
-        for sig, handler in ignored.items():
-            signal.signal(sig, handler)
 
 
 def _start_stage(pipeline: str, step: PlannedStage, run_dir: Path, state: dict, state_path: Path, *,

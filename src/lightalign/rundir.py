@@ -46,7 +46,7 @@ class RunDirectoryBusy(ConfigError):
     """Another process is writing the run directory (a run started twice, or a stage a killed pipeline left)."""
 
 
-def hold_run_directory(path: Path) -> None:
+def hold_run_directory(path: Path | str) -> None:
     """Lock ``path`` for this process's life: a second run into the same directory fails with one line.
 
     Two processes writing one run directory overwrite each other's checkpoints and logs, and the resumed run
