@@ -153,6 +153,9 @@ def trl_reward(score):  # noqa: ANN001, ANN201 (a ScoreFn in, a TRL reward funct
 
 def run_trl(overrides: list[str], out: Path) -> dict:
     """Build TRL's GRPOTrainer from the same composed config and train ``trainer.max_steps`` steps, timed."""
+    # Before any lightalign import: TRL's users get bitsandbytes with its torch.compile wrappers and the
+    # compiler stack they import, which lightalign skips on CPU (lightalign.lean_imports).
+    import bitsandbytes  # noqa: F401
     import torch
     import trl
     from datasets import Dataset

@@ -1,4 +1,4 @@
-"""Precision: explicit choices hold; ``auto`` on CPU computes 4-bit layers in bf16 only where bf16 is native."""
+"""Precision: explicit choices hold; ``auto`` on CPU computes 4-bit layers in bf16 only where bf16 is fast (AMX)."""
 
 import pytest
 import torch

@@ -25,13 +25,17 @@ class Precision:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX-512 or AMX).
+    """Whether this CPU multiplies bf16 matrices faster than fp32 ones: it has AMX tiles (Intel Sapphire Rapids on).
 
-    Without it (e.g. an AVX2-only AMD EPYC) oneDNN emulates bf16 and a 4-bit layer computing in bf16 was
-    measured 4.5x slower than in fp32.
+    Without AMX, oneDNN's bf16 is slower than fp32, whether emulated (an AVX2-only AMD EPYC: a 4-bit layer
+    computing in bf16 was measured 4.5x slower than in fp32) or native (AVX512-BF16 without AMX: a 512x576 by
+    576x1536 product at 152 against 252 GFLOP/s, and a GRPO step 30.8 s against 22.2 s in fp32; BENCHMARKS.md §6).
     """
+    is_amx_supported = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3
+    if is_amx_supported is None:
+        return False
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(is_amx_supported()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
 
@@ -39,8 +43,8 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(requested: str = "auto") -> Precision:
     """Resolve ``auto|bf16|fp16|fp32`` (``trainer.precision``, checked by its schema) against the available device.
 
-    On CPU the trainer runs in fp32 while 4-bit layers compute in bf16 where the CPU supports it natively
-    (it halves the dequantised weight traffic), else in fp32 (:func:`cpu_has_fast_bf16`).
+    On CPU the trainer runs in fp32 while 4-bit layers compute in bf16 where the CPU has AMX (it halves the
+    dequantised weight traffic and the matrix products run on the tiles), else in fp32 (:func:`cpu_has_fast_bf16`).
     """
     cuda = torch.cuda.is_available()
     if requested == "auto":
