@@ -12,6 +12,7 @@ from lightalign.data.collators import pad_prompts
 from lightalign.data.tokenize import encode_prompt
 from lightalign.generation import (
     GeneratedResponses,
+    InverseCdfSampler,
     decode_answers,
     dense_decoding,
     dense_weights_bytes,
@@ -20,6 +21,7 @@ from lightalign.generation import (
     position_ids_from_mask,
     sample_and_score,
     sample_responses,
+    sampling_processors,
     shared_prompt_logprobs,
     stop_token_ids,
     truncate_after_eos,
@@ -145,6 +147,7 @@ def scores_and_lora_gradients(model, input_ids, attention_mask, start, through_l
 @pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "lm_head"]], ids=["body", "lm_head-lora"])
 def test_response_token_scores_match_the_full_logits_with_their_gradients(prompts, tiny_tokenizer, targets):
     # chunked through the output layer where it is a plain matrix; an adapter on it takes the full logits
+    torch.manual_seed(0)  # LoRA's A matrices come from the global generator, which earlier tests move
     model = apply_lora(load_base_model(TINY, Quantization()), LoraSettings(r=4, alpha=8, dropout=0.0,
                                                                             target_modules=targets))
     with torch.no_grad():
@@ -161,7 +164,9 @@ def test_response_token_scores_match_the_full_logits_with_their_gradients(prompt
     if "lm_head" in targets:
         assert any("lm_head" in name for name in full[2])
     for name, grad in full[2].items():
-        torch.testing.assert_close(chunked[2][name], grad, atol=1e-5, rtol=1e-4)
+        # to the gradient's scale: summed in another order, its near-zero entries differ by up to ~6e-4 of its
+        # largest over LoRA initialisations (seeds 0-7); a wrong gradient differs by its own size
+        torch.testing.assert_close(chunked[2][name], grad, atol=2e-3 * grad.abs().max().item(), rtol=1e-4)
 
 
 def test_response_token_scores_need_a_temperature(policy, prompts):
@@ -376,3 +381,34 @@ def test_decoding_hands_the_freed_heap_back_every_step_and_stops_nothing(policy,
                              generation_config=GenerationConfig())
     assert tokens.shape[1] == 6  # every step ran: the criterion stopped no row
     assert len(calls) >= 5  # once a decoding step (the first token comes from the prompt's forward)
+
+
+def test_inverse_cdf_sampler_draws_the_softmax_distribution_and_never_a_masked_token():
+    torch.manual_seed(0)
+    probabilities = torch.tensor([0.5, 0.3, 0.0, 0.15, 0.05])
+    scores = probabilities.log().expand(40_000, -1).clone()  # log 0 = -inf: the masked token
+    chosen = InverseCdfSampler()(torch.zeros(40_000, 1, dtype=torch.long), scores)
+    assert torch.isfinite(chosen).sum(1).eq(1).all()  # one finite score a row, for greedy decoding to take
+    frequencies = torch.bincount(chosen.argmax(1), minlength=5).float() / 40_000
+    assert frequencies[2] == 0
+    assert torch.allclose(frequencies, probabilities, atol=0.01)  # ~4 standard errors at 40,000 draws
+
+
+def test_inverse_cdf_sampler_refuses_probabilities_that_are_not_finite():
+    scores = torch.tensor([[0.0, float("nan"), 1.0]])
+    with pytest.raises(ValueError, match="inf or nan"):
+        InverseCdfSampler()(torch.zeros(1, 1, dtype=torch.long), scores)
+
+
+def test_sampling_processors_apply_temperature_top_k_and_top_p_before_the_draw():
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).expand(20_000, -1).clone()
+    drawn = sampling_processors(temperature=0.5, top_k=3, top_p=0.9)(None, logits).argmax(1)
+    expected = torch.softmax(logits[0] / 0.5, -1)[:3]
+    expected = expected / expected.sum()  # top-3 (0.84, 0.11, 0.04); the 0.9 nucleus drops the last
+    keep = expected.cumsum(0) - expected < 0.9
+    expected = torch.where(keep, expected, torch.zeros_like(expected))
+    expected = expected / expected.sum()
+    frequencies = torch.bincount(drawn, minlength=5).float()[:3] / 20_000
+    assert torch.bincount(drawn, minlength=5)[3:].sum() == 0
+    assert torch.allclose(frequencies, expected, atol=0.015)
