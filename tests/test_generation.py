@@ -6,7 +6,6 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from transformers.cache_utils import DynamicLayer
 
 from lightalign import generation
 from lightalign.data.collators import pad_prompts
@@ -413,35 +412,3 @@ def test_sampling_processors_apply_temperature_top_k_and_top_p_before_the_draw()
     frequencies = torch.bincount(drawn, minlength=5).float()[:3] / 20_000
     assert torch.bincount(drawn, minlength=5)[3:].sum() == 0
     assert torch.allclose(frequencies, expected, atol=0.015)
-
-
-def test_a_reserved_cache_layer_returns_what_concatenation_does_through_crops_selections_and_overflow():
-    torch.manual_seed(0)
-    start_keys, start_values = torch.randn(4, 2, 3, 8), torch.randn(4, 2, 3, 8)
-    plain, reserved = DynamicLayer(), generation._ReservedLayer(start_keys, start_values, room=2)
-    plain.update(start_keys, start_values)
-    steps = [torch.randn(4, 2, 1, 8) for _ in range(6)]
-    for i, step in enumerate(steps):
-        if i == 2:  # a crop and a batch selection replace the tensors; the reserved layer starts over from them
-            for layer in (plain, reserved):
-                layer.crop(-1)
-                layer.batch_select_indices(torch.tensor([0, 2, 3]))
-            step = step[[0, 2, 3]]
-        if i > 2:
-            step = step[[0, 2, 3]]
-        expected, got = plain.update(step, step * 2), reserved.update(step, step * 2)  # room runs out at i = 4
-        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
-        assert reserved.get_seq_length() == plain.get_seq_length()
-
-
-def test_decoding_several_answers_with_the_reserved_cache_gives_the_concatenating_cache_answers(
-        policy, prompts, monkeypatch):
-    def answers() -> torch.Tensor:
-        torch.manual_seed(3)
-        return generate_tokens(policy, prompts["input_ids"], prompts["attention_mask"], num_samples=3,
-                               max_new_tokens=6, do_sample=False, logits_processor=sampling_processors(0.9),
-                               pad_token_id=0)
-
-    reserved = answers()
-    monkeypatch.setattr(generation, "reserve_cache_room", lambda cache, room: None)
-    assert torch.equal(reserved, answers())

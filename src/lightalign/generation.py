@@ -32,7 +32,6 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lightalign.config.schema import DENSE_WEIGHTS
@@ -317,58 +316,6 @@ def dense_decoding(model: nn.Module, mode: str = "auto") -> Iterator[bool]:
 _CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
-class _ReservedLayer(DynamicLayer):
-    """A KV-cache layer that writes each decoding step's keys and values into room reserved behind the cache.
-
-    transformers' ``DynamicLayer`` concatenates: every decoding step copies each layer's whole cache into a new
-    tensor one token longer, a copy that grows with the answer (1.1 s of 6.9 for 32 answers of 24 tokens to 8
-    prompts on 2 CPU cores, BENCHMARKS.md §6). The keys and values seen by attention are the same tensors'
-    values either way. Whatever replaces ``keys`` (a crop, a batch selection) is taken as the new cache, with
-    room reserved again at the next step.
-    """
-
-    def __init__(self, keys: Tensor, values: Tensor, room: int) -> None:
-        super().__init__()
-        self.device = keys.device
-        self.is_initialized = True
-        self.room = room
-        self._reserve(keys, values)
-
-    def _reserve(self, keys: Tensor, values: Tensor) -> None:
-        length = keys.shape[-2]
-        self._keys = keys.new_empty(*keys.shape[:-2], length + self.room, keys.shape[-1])
-        self._values = values.new_empty(*values.shape[:-2], length + self.room, values.shape[-1])
-        self._keys[..., :length, :] = keys
-        self._values[..., :length, :] = values
-        self._length = length
-        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        new = key_states.shape[-2]
-        if (self.keys.data_ptr() != self._keys.data_ptr() or self.keys.shape[-2] != self._length
-                or self._length + new > self._keys.shape[-2]):
-            self._reserve(self.keys, self.values)  # replaced by a crop or a selection, or out of room
-            if self._length + new > self._keys.shape[-2]:
-                return super().update(key_states, value_states, *args, **kwargs)
-        end = self._length + new
-        self._keys[..., self._length : end, :] = key_states
-        self._values[..., self._length : end, :] = value_states
-        self._length = end
-        self.keys, self.values = self._keys[..., :end, :], self._values[..., :end, :]
-        return self.keys, self.values
-
-
-def reserve_cache_room(cache: Any, room: int) -> None:
-    """Give each plain layer of a transformers KV cache ``room`` more positions, written in place while decoding
-    (:class:`_ReservedLayer`); a cache of another kind (sliding windows, a model's own) is left as it is."""
-    layers = getattr(cache, "layers", None)
-    if not isinstance(layers, list) or room < 1:
-        return
-    for i, layer in enumerate(layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            layers[i] = _ReservedLayer(layer.keys, layer.values, room)
-
-
 def _prompt_cache(module: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int,
                   **forward_kwargs: Any) -> Any:
     """The KV cache of each left-padded prompt but its last token, computed once by ``module`` (the model, or its
@@ -401,10 +348,7 @@ def generate_tokens(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if num_samples > 1 and prompt_ids.shape[1] > 1:
         # only the last position's logits: the prompt's others are never needed
-        cache = _prompt_cache(model, prompt_ids, prompt_mask, num_samples, logits_to_keep=1)
-        # the prompt's last token, then one token a step: the answer is written in place, never concatenated
-        reserve_cache_room(cache, 1 + generate_kwargs.get("max_new_tokens", 0))
-        generate_kwargs[_CACHE_FIELD] = cache
+        generate_kwargs[_CACHE_FIELD] = _prompt_cache(model, prompt_ids, prompt_mask, num_samples, logits_to_keep=1)
     if num_samples > 1:
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
