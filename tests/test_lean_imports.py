@@ -32,7 +32,7 @@ print(repr(dict(
 def test_bitsandbytes_after_lightalign_imports_no_compiler_and_still_quantises():
     done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True)
     seen = eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 (our own child's repr of a dict)
-    assert seen["compile_fx"] is False  # the ~110 MB compiler stack was not built for bitsandbytes
+    assert seen["compile_fx"] is False  # inductor (42 MB) was not imported for bitsandbytes
     assert seen["compile_restored"] and not seen["finder_left"]
     assert seen["loader"] == "_LoaderWithoutCompile"
     assert 0 < seen["error"] < 0.15  # NF4 round trip of N(0, 1) weights: ~0.07 mean absolute error

@@ -1,13 +1,13 @@
 """Import bitsandbytes without building ``torch.compile`` wrappers for kernels a CPU run never calls.
 
 bitsandbytes (0.50) wraps a few functions of its default backend in ``torch.compile`` while it is imported, and
-building those wrappers imports torch's compiler stack (dynamo, inductor, sympy): ~110 MB of resident memory and
-~2.5 s in every process that loads a 4-bit model (bitsandbytes 0.50.2, torch 2.13, a 2-core CPU; BENCHMARKS.md
-§6). On a CPU the 4-bit ops lightalign calls (NF4, block size 64, even shapes) run bitsandbytes' own CPU
-kernels; the compiled functions there are fallbacks (block sizes of 2048 and more, odd shapes, its 32-bit
-optimizers), which then run as plain eager functions: the same results, computed without compilation. The
-wrappers are only skipped on a machine without an accelerator: there the import is a small part of a run and
-the compiled fallbacks may matter.
+building those wrappers imports torch's compiler stack (dynamo, inductor, sympy). transformers imports dynamo
+itself; inductor is what the wrappers add: 42 MB of resident memory and ~1.5 s in every process that loads a
+4-bit model (bitsandbytes 0.50.2, torch 2.13, transformers 5.24, a 2-core CPU; BENCHMARKS.md §6). On a CPU the
+4-bit ops lightalign calls (NF4, block size 64, even shapes) run bitsandbytes' own CPU kernels; the compiled
+functions are fallbacks (block sizes of 2048 and more, odd shapes, its 32-bit optimizers), which then run as
+plain eager functions: the same results, without compilation. On a machine with an accelerator nothing is
+skipped: memory is counted on the device there, and the compiled fallbacks may matter.
 
 :func:`install` (run when ``lightalign`` is imported) puts a finder first on ``sys.meta_path`` that, the first
 time anything imports ``bitsandbytes``, runs its module body with ``torch.compile`` refusing (bitsandbytes
