@@ -412,3 +412,21 @@ def test_sampling_processors_apply_temperature_top_k_and_top_p_before_the_draw()
     frequencies = torch.bincount(drawn, minlength=5).float()[:3] / 20_000
     assert torch.bincount(drawn, minlength=5)[3:].sum() == 0
     assert torch.allclose(frequencies, expected, atol=0.015)
+
+
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_every_scoring_pass_starts_by_handing_the_freed_heap_back(policy, prompts, tiny_tokenizer, monkeypatch,
+                                                                   num_samples):
+    events = []
+    monkeypatch.setattr(generation, "release_freed_memory", lambda: events.append("trim") or True)
+    for name in ("shared_prompt_logprobs", "response_logprobs"):
+        scorer = getattr(generation, name)
+        monkeypatch.setattr(generation, name, lambda *a, _f=scorer, **k: events.append("pass") or _f(*a, **k))
+    monkeypatch.setattr(generation, "sample_responses", lambda *a, **k: events.clear() or sample_responses(*a, **k))
+    sample_and_score(policy, prompts["input_ids"], prompts["attention_mask"], num_samples=num_samples,
+                     reference=policy.disable_adapter, forward_batch_size=2, max_new_tokens=4,
+                     eos_token_id=stop_token_ids(tiny_tokenizer), pad_token_id=tiny_tokenizer.pad_token_id,
+                     temperature=0.7)
+    passes = [i for i, event in enumerate(events) if event == "pass"]
+    assert len(passes) >= 4  # policy and reference, two passes or more each
+    assert all(events[i - 1] == "trim" for i in passes)
