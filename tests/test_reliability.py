@@ -71,7 +71,10 @@ def test_ctrl_c_is_one_line_exit_130_and_says_how_to_resume(tmp_path, capsys, na
     command = _command("sft", given, ["trainer.max_steps=200"])  # far more steps than it gets to run
     if not named:  # the default, outputs/sft/<time> under the working directory
         command = [arg for arg in command if not arg.startswith("hydra.run.dir=")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # as a terminal's foreground job gets it: a suite started in the background (`cmd &`) ignores SIGINT, and a
+    # child inherits that, so Ctrl-C would never reach the run
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     out = given
     while find_resume_checkpoint(out) is None and time.time() < deadline and process.poll() is None:
