@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -553,34 +552,29 @@ def sample_and_score(
         responses = sample_responses(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
                                      top_k=top_k, top_p=top_p, dense_weights="off", num_samples=num_samples)
-        release_freed_memory()  # the decoding's KV cache: the scoring below does not stack on its freed pages
         n = num_samples
         start = prompt_ids.shape[1]
         input_ids = torch.cat([prompt_ids.repeat_interleave(n, dim=0), responses.tokens], dim=1)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0), responses.mask], dim=1)
 
-        def trimmed(logprobs: Callable[[], Tensor]) -> Tensor:
-            # each pass starts from what is live: glibc kept ~70 MB of the last pass's activations, and over a
-            # step's passes the scoring peak rose above the decoding's (6 ms a call; BENCHMARKS.md §6)
-            release_freed_memory()
-            return logprobs()
-
         def score() -> Tensor:
+            scores = []
             if n > 1:  # whole prompts a pass, each run once for its n answers
                 per_pass = max(1, forward_batch_size // n)
-                return torch.cat([
-                    trimmed(partial(shared_prompt_logprobs, model, prompt_ids[i : i + per_pass],
-                                    prompt_mask[i : i + per_pass],
-                                    GeneratedResponses(*(t[i * n : (i + per_pass) * n] for t in responses)),
-                                    n, temperature))
-                    for i in range(0, prompt_ids.shape[0], per_pass)
-                ])
-            chunks = [
-                trimmed(partial(response_logprobs, model, input_ids[i : i + forward_batch_size],
-                                attention_mask[i : i + forward_batch_size], start, temperature))
-                for i in range(0, input_ids.shape[0], forward_batch_size)
-            ]
-            return torch.cat(chunks)
+                for i in range(0, prompt_ids.shape[0], per_pass):
+                    # each pass starts from what is live (the first: not on the decoding's KV cache): glibc kept
+                    # ~70 MB of the last pass's activations, and over a step's passes the scoring peak rose above
+                    # the decoding's (6 ms a call; BENCHMARKS.md §6)
+                    release_freed_memory()
+                    scores.append(shared_prompt_logprobs(
+                        model, prompt_ids[i : i + per_pass], prompt_mask[i : i + per_pass],
+                        GeneratedResponses(*(t[i * n : (i + per_pass) * n] for t in responses)), n, temperature))
+            else:
+                for i in range(0, input_ids.shape[0], forward_batch_size):
+                    release_freed_memory()  # as above
+                    scores.append(response_logprobs(model, input_ids[i : i + forward_batch_size],
+                                                    attention_mask[i : i + forward_batch_size], start, temperature))
+            return torch.cat(scores)
 
         logprobs = score() if score_policy else None
         ref_logprobs = None
